@@ -1,0 +1,551 @@
+"""Load weight files into a model by layer name, across Keras weight formats.
+
+`load_weights_by_name(model, path)` fills the weighted layers of `model` (nested functional and
+Sequential models included) from
+
+- legacy Keras HDF5 files, as `keras.applications` distributes them
+  (`mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5`, `..._no_top.h5`): root attribute
+  `layer_names`, one group per layer with attribute `weight_names` (`b"Conv1/kernel:0"`, ...); a
+  full-model `.h5` (weights under `model_weights/`) works too;
+- Keras 3 `.weights.h5` files (`model.save_weights`);
+- Keras 3 `.keras` archives (the `model.weights.h5` inside).
+
+How layers are matched
+----------------------
+Legacy files key every layer by its name, so matching is by name.
+
+Keras 3 `.weights.h5` files do not key layers by name. `keras.src.saving.saving_lib` walks
+`model.layers` in order and files each layer under the snake-cased class name with a counter
+that restarts in every container (`layers/conv2d`, `layers/conv2d_1`, ...; a nested model is
+`layers/functional/layers/...`), with the variables under `<path>/vars/0`, `/1`, ... in the order
+`layer._trainable_variables + layer._non_trainable_variables` (BatchNormalization: gamma, beta,
+moving_mean, moving_variance). Weightless layers get a group without datasets, and the optimizer
+sits under `optimizer/`. Recent Keras versions also store the layer name as the attribute
+`name` on each `vars` group. Given that, the loader tries these in turn:
+
+1. by name, using the `name` attributes where the file has them;
+2. by save path, where the file holds exactly the weighted save paths this model would write
+   (the way Keras' own `load_weights` matches). Used when it leaves fewer layers unmatched than
+   matching by name, e.g. when a rebuilt model's auto-generated layer names (`dense_7`) differ
+   from the saved ones;
+3. by position, for files without names: for each layer class, the k-th saved layer goes to the
+   model's k-th layer of that class. Both sides are ordered the same way: nested models before
+   the layers of their container, then by the save counter. A flat `keras.applications` file
+   therefore fills a backbone nested in a classifier, because the backbone creates the same
+   layer classes in the same order. Layers that only one side has must come last (a truncated
+   backbone is fine; a missing layer in the middle shifts everything after it, and the shape
+   check will usually catch that).
+
+Every matched layer's variable shapes are checked, and nothing is assigned unless the whole load
+succeeds, so a failed load leaves the model unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import h5py
+import numpy as np
+
+import keras
+
+__all__ = [
+    "LoadReport",
+    "ShapeMismatch",
+    "WeightsFileError",
+    "WeightsMismatchError",
+    "layer_names_with_weights",
+    "load_weights_by_name",
+]
+
+# How many layer names an error message lists before it says "... and N more".
+_MAX_LISTED = 20
+
+# Top-level groups of a Keras 3 weights file that hold no layer weights.
+_NON_LAYER_ROOTS = {"optimizer", "compile_metrics", "metrics", "loss", "loss_tracker"}
+
+
+class WeightsFileError(ValueError):
+    """The weights file is not a file this loader can read (not HDF5, unknown layout)."""
+
+
+class WeightsMismatchError(ValueError):
+    """The weights file does not fit the model. `.report` holds the full `LoadReport`."""
+
+    def __init__(self, message: str, report: "LoadReport"):
+        super().__init__(message)
+        self.report = report
+
+
+class ShapeMismatch(NamedTuple):
+    """A layer present on both sides whose variables differ.
+
+    `expected` (the model's) and `found` (the file's) are the shapes of the first variable that
+    differs; when the two sides hold a different number of variables they are the tuples of all
+    variable shapes instead.
+    """
+
+    name: str
+    expected: tuple
+    found: tuple
+
+
+@dataclass
+class LoadReport:
+    """What `load_weights_by_name` did.
+
+    loaded:     the model's layer names that received weights, in model order.
+    missing:    the model's weighted layers with no counterpart in the file.
+    unused:     the file's weighted layers that were not used (e.g. `predictions` when a file
+                with the classifier top is loaded into a backbone); for a file that records no
+                layer names these are save paths such as "layers/dense".
+    mismatched: `ShapeMismatch(name, expected, found)` triples for matched layers whose
+                variables differ in shape or count.
+    matched_by: "name", "path" or "position" (see the module docstring).
+    file_format: "legacy_h5", "weights_h5" or "keras_zip".
+    """
+
+    path: str
+    file_format: str
+    matched_by: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    mismatched: list[ShapeMismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every weighted layer of the model was loaded."""
+        return not self.missing and not self.mismatched
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path} ({self.file_format}, matched by {self.matched_by}): "
+            f"{len(self.loaded)} loaded, {len(self.missing)} missing, "
+            f"{len(self.mismatched)} mismatched, {len(self.unused)} unused"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The model's side
+
+
+@dataclass
+class _Unit:
+    """One layer of the model that owns variables."""
+
+    name: str
+    variables: list
+    key: str | None  # Keras 3 save path, e.g. "layers/functional/layers/conv2d_3"
+
+
+def _own_variables(layer) -> list:
+    # The order `Layer.save_own_variables` writes, which is also the legacy order
+    # (trainable first) for every built-in layer.
+    if hasattr(layer, "_trainable_variables"):
+        return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+    return list(layer.trainable_weights) + list(layer.non_trainable_weights)
+
+
+def _is_container(layer) -> bool:
+    """Functional and Sequential models: their sublayers are saved under `<path>/layers/`."""
+    if not isinstance(layer, keras.Model):
+        return False
+    if hasattr(layer, "_obj_type"):
+        return layer._obj_type() in ("Functional", "Sequential")
+    return isinstance(layer, keras.Sequential) or hasattr(layer, "_nodes_by_depth")
+
+
+def _snake(name: str) -> str:
+    # Same as keras.src.utils.naming.to_snake_case.
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _walk_units(model, prefix: str | None = ""):
+    """Yield the weighted layers of `model` in save order, recursing into nested models.
+
+    `prefix` is the save path of `model` plus "/" ("" for the root); None where the save path
+    cannot be derived (inside a composite layer), and then the units get no key.
+    """
+    counters: dict[str, int] = {}
+    for layer in model.layers:
+        base = _snake(layer.__class__.__name__)
+        if base in counters:  # keras.src.saving.saving_lib._get_unique_name
+            counters[base] += 1
+            base = f"{base}_{counters[base]}"
+        else:
+            counters[base] = 0
+        path = None if prefix is None else f"{prefix}layers/{base}"
+        if _is_container(layer):
+            yield from _walk_units(layer, None if path is None else path + "/")
+        else:
+            yield from _walk_layer(layer, path)
+
+
+def _walk_layer(layer, path: str | None):
+    variables = _own_variables(layer)
+    if variables:
+        yield _Unit(layer.name, variables, path)
+    # Sublayers of a composite (non-model) layer are saved under attribute names, which this
+    # loader does not reconstruct: they can be matched by name only.
+    for sub in getattr(layer, "_layers", None) or []:
+        if _is_container(sub):
+            yield from _walk_units(sub, None)
+        else:
+            yield from _walk_layer(sub, None)
+
+
+def _model_units(model) -> list[_Unit]:
+    units = _walk_units(model) if _is_container(model) else _walk_layer(model, None)
+    # A layer reachable twice (shared) is loaded once.
+    seen, out = set(), []
+    for u in units:
+        ident = tuple(id(v) for v in u.variables)
+        if ident not in seen:
+            seen.add(ident)
+            out.append(u)
+    return out
+
+
+def layer_names_with_weights(model) -> list[str]:
+    """Names of the layers of `model` that own variables, in save order, nested models flattened.
+
+    These are the names `load_weights_by_name` reports as `loaded` / `missing`.
+    """
+    return [u.name for u in _model_units(model)]
+
+
+# --------------------------------------------------------------------------------------------
+# The file's side
+
+
+@dataclass
+class _Entry:
+    """One weighted layer in the file: h5py datasets in variable order (read lazily)."""
+
+    name: str | None  # layer name, when the file records it
+    datasets: list
+    key: str | None = None  # Keras 3 save path (without "/vars")
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name is not None else self.key
+
+    @property
+    def shapes(self) -> list[tuple]:
+        return [tuple(d.shape) for d in self.datasets]
+
+
+def _decode(x) -> str:
+    return x.decode("utf8") if isinstance(x, bytes) else str(x)
+
+
+def _h5_list_attr(group, name: str) -> list[str]:
+    """A list-valued attribute, also when Keras split it into `name0`, `name1`, ... chunks."""
+    if name in group.attrs:
+        return [_decode(x) for x in np.atleast_1d(group.attrs[name])]
+    out, chunk = [], 0
+    while f"{name}{chunk}" in group.attrs:
+        out.extend(_decode(x) for x in np.atleast_1d(group.attrs[f"{name}{chunk}"]))
+        chunk += 1
+    return out
+
+
+def _legacy_entries(root) -> list[_Entry]:
+    entries = []
+    for layer_name in _h5_list_attr(root, "layer_names"):
+        if layer_name not in root:
+            continue
+        group = root[layer_name]
+        weight_names = _h5_list_attr(group, "weight_names")
+        if not weight_names:
+            continue
+        # A plain layer's weights are "<layer>/kernel:0"; a nested model's group holds the
+        # weights of all its layers, so split it on the layer part of each weight name.
+        by_layer: dict[str, list] = {}
+        for wn in weight_names:
+            parts = wn.split("/")
+            owner = parts[-2] if len(parts) >= 2 else layer_name
+            by_layer.setdefault(owner, []).append(group[wn])
+        if len(by_layer) == 1:
+            entries.append(_Entry(layer_name, next(iter(by_layer.values()))))
+        else:
+            entries.extend(_Entry(owner, ds) for owner, ds in by_layer.items())
+    return entries
+
+
+def _var_index(key: str) -> int:
+    return int(key) if key.isdigit() else 1 << 30
+
+
+def _weights_h5_entries(f) -> list[_Entry]:
+    entries = []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Group) or name.rsplit("/", 1)[-1] != "vars":
+            return
+        datasets = [obj[k] for k in sorted(obj.keys(), key=_var_index)
+                    if isinstance(obj[k], h5py.Dataset)]
+        if not datasets:
+            return
+        key = name[: -len("vars")].rstrip("/")
+        if key.split("/", 1)[0] in _NON_LAYER_ROOTS:
+            return
+        layer_name = obj.attrs.get("name")
+        entries.append(_Entry(_decode(layer_name) if layer_name is not None else None,
+                              datasets, key))
+
+    f.visititems(visit)
+    return entries
+
+
+def _read_array(ds) -> np.ndarray:
+    arr = np.asarray(ds[()])
+    if ds.attrs.get("dtype") == "bfloat16":  # how Keras stores bfloat16 variables
+        import ml_dtypes
+
+        arr = arr.astype(ml_dtypes.bfloat16)
+    return arr
+
+
+# --------------------------------------------------------------------------------------------
+# Matching
+
+
+def _position_key(key: str):
+    """(class, sort key) of a save path for matching by position.
+
+    "layers/functional/layers/conv2d_3" -> ("conv2d", ((0, "functional", 0), (1, "", 3))).
+    Nested containers sort before the layers beside them.
+    """
+    segs = key.split("/")
+    order, cls, i = [], None, 0
+    while i < len(segs):
+        if segs[i] == "layers" and i + 1 < len(segs):
+            m = re.fullmatch(r"(.*?)(?:_(\d+))?", segs[i + 1])
+            base, idx = m.group(1), int(m.group(2) or 0)
+            is_container = i + 2 < len(segs) and segs[i + 2] == "layers"
+            order.append((0, base, idx) if is_container else (1, "", idx))
+            cls = base
+            i += 2
+        else:  # attribute path of a composite layer
+            order.append((2, segs[i], 0))
+            cls = segs[i]
+            i += 1
+    return cls, tuple(order)
+
+
+def _match_by_name(units, entries):
+    pool = defaultdict(list)
+    for e in entries:
+        pool[e.name].append(e)
+    pairs = []
+    for u in units:
+        if pool.get(u.name):
+            pairs.append((u, pool[u.name].pop(0)))
+    return pairs
+
+
+def _match_by_path(units, entries):
+    by_key = {e.key: e for e in entries}
+    return [(u, by_key[u.key]) for u in units if u.key in by_key]
+
+
+def _match_by_position(units, entries):
+    def grouped(items):
+        groups = defaultdict(list)
+        for it in items:
+            if it.key is None:
+                continue
+            cls, order = _position_key(it.key)
+            groups[cls].append((order, it))
+        return {c: [it for _, it in sorted(g, key=lambda t: t[0])] for c, g in groups.items()}
+
+    ours, theirs = grouped(units), grouped(entries)
+    pairs = []
+    for cls, us in ours.items():
+        pairs.extend(zip(us, theirs.get(cls, [])))
+    order = {id(u): i for i, u in enumerate(units)}
+    return sorted(pairs, key=lambda p: order[id(p[0])])
+
+
+def _first_mismatch(unit, entry):
+    ours = [tuple(v.shape) for v in unit.variables]
+    theirs = entry.shapes
+    if len(ours) != len(theirs):
+        return ShapeMismatch(unit.name, tuple(ours), tuple(theirs))
+    for a, b in zip(ours, theirs):
+        if a != b:
+            return ShapeMismatch(unit.name, a, b)
+    return None
+
+
+def _evaluate(pairs, units, entries):
+    matched_units = {id(u) for u, _ in pairs}
+    matched_entries = {id(e) for _, e in pairs}
+    good, mismatched = [], []
+    for u, e in pairs:
+        mm = _first_mismatch(u, e)
+        if mm:
+            mismatched.append(mm)
+        else:
+            good.append((u, e))
+    missing = [u.name for u in units if id(u) not in matched_units]
+    unused = [e.label for e in entries if id(e) not in matched_entries]
+    return good, missing, unused, mismatched
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    if len(names) > _MAX_LISTED:
+        shown += f", ... and {len(names) - _MAX_LISTED} more"
+    return shown
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def _open(path: str):
+    """Return (h5py.File, file_format); the caller closes the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Weights file not found: {path}")
+    if os.path.isdir(path):
+        raise WeightsFileError(f"Weights path is a directory, not a weights file: {path}")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if "model.weights.h5" not in names:
+                raise WeightsFileError(
+                    f"{path} is a zip archive without model.weights.h5 (a sharded or non-Keras "
+                    f"archive?); it holds: {', '.join(names[:10])}"
+                )
+            data = zf.read("model.weights.h5")
+        try:
+            return h5py.File(io.BytesIO(data), "r"), "keras_zip"
+        except OSError as e:
+            raise WeightsFileError(f"{path}: model.weights.h5 is not valid HDF5: {e}") from e
+    if not h5py.is_hdf5(path):
+        raise WeightsFileError(
+            f"{path} is not an HDF5 file (expected a Keras .h5 / .weights.h5 or a .keras archive)"
+        )
+    try:
+        return h5py.File(path, "r"), None
+    except OSError as e:
+        raise WeightsFileError(f"{path} could not be opened as HDF5: {e}") from e
+
+
+def load_weights_by_name(
+    model,
+    path,
+    *,
+    allow_unused: bool = True,
+    allow_missing: bool = False,
+    allow_mismatched: bool = False,
+) -> LoadReport:
+    """Load the weights in `path` into `model`, matching layers by name (see module docstring).
+
+    Args:
+      model: a built Keras model (or layer); nested functional/Sequential models are descended.
+      path: a legacy Keras `.h5`, a Keras 3 `.weights.h5`, or a `.keras` archive.
+      allow_unused: when False, weighted layers of the file that the model lacks are an error.
+      allow_missing: when True, model layers absent from the file keep their values instead of
+        being an error (e.g. a fresh head on a pretrained backbone).
+      allow_mismatched: when True, matched layers whose shapes differ keep their values instead
+        of being an error (e.g. a `predictions` layer with another number of classes).
+
+    Returns:
+      A `LoadReport`.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      WeightsFileError: `path` is not HDF5 / not a Keras archive / of an unknown layout.
+      WeightsMismatchError: layers missing from the file or with mismatched shapes (or unused,
+        with `allow_unused=False`). Nothing is assigned in that case.
+    """
+    path = os.fspath(path)
+    f, file_format = _open(path)
+    with f:
+        if "layer_names" in f.attrs or "layer_names0" in f.attrs:
+            root, file_format = f, "legacy_h5"
+        elif "model_weights" in f and isinstance(f["model_weights"], h5py.Group) and (
+            "layer_names" in f["model_weights"].attrs
+            or "layer_names0" in f["model_weights"].attrs
+        ):
+            root, file_format = f["model_weights"], "legacy_h5"
+        else:
+            root, file_format = f, file_format or "weights_h5"
+
+        if file_format == "legacy_h5":
+            entries = _legacy_entries(root)
+        else:
+            entries = _weights_h5_entries(root)
+            if not entries and not any(
+                isinstance(o, h5py.Group) and "vars" in o for o in root.values()
+            ) and "vars" not in root:
+                raise WeightsFileError(
+                    f"{path} is HDF5 but neither a legacy Keras weights file (no `layer_names` "
+                    f"attribute) nor a Keras 3 weights file (no `vars` groups)"
+                )
+
+        units = _model_units(model)
+        named = bool(entries) and all(e.name is not None for e in entries)
+        if file_format == "legacy_h5" or named:
+            matched_by, pairs = "name", _match_by_name(units, entries)
+            result = _evaluate(pairs, units, entries)
+            if file_format != "legacy_h5" and (result[1] or result[3]):
+                unit_keys = {u.key for u in units}
+                if None not in unit_keys and unit_keys == {e.key for e in entries}:
+                    alt = _evaluate(_match_by_path(units, entries), units, entries)
+                    if len(alt[1]) + len(alt[3]) < len(result[1]) + len(result[3]):
+                        matched_by, result = "path", alt
+        else:
+            matched_by = "position"
+            result = _evaluate(_match_by_position(units, entries), units, entries)
+        good, missing, unused, mismatched = result
+
+        report = LoadReport(
+            path=path,
+            file_format=file_format,
+            matched_by=matched_by,
+            loaded=[u.name for u, _ in good],
+            missing=missing,
+            unused=unused,
+            mismatched=mismatched,
+        )
+        problems = []
+        if missing and not allow_missing:
+            problems.append(f"{len(missing)} layer(s) of the model are not in the file: "
+                            f"{_listing(missing)}")
+        if mismatched and not allow_mismatched:
+            described = [f"{m.name} (model {m.expected}, file {m.found})" for m in mismatched]
+            problems.append(f"{len(mismatched)} layer(s) have mismatched shapes: "
+                            f"{_listing(described)}")
+        if unused and not allow_unused:
+            problems.append(f"{len(unused)} layer(s) of the file are not in the model: "
+                            f"{_listing(unused)}")
+        if problems:
+            raise WeightsMismatchError(
+                f"Weights file {path} does not fit model '{model.name}' "
+                f"(matched by {matched_by}): " + "; ".join(problems),
+                report,
+            )
+
+        # Read everything first, then assign, so a read error leaves the model unchanged.
+        values = [(v, _read_array(ds)) for u, e in good for v, ds in zip(u.variables, e.datasets)]
+    for variable, value in values:
+        try:
+            value = value.astype(np.dtype(keras.backend.standardize_dtype(variable.dtype)),
+                                 copy=False)
+        except TypeError:  # a dtype numpy does not name (bfloat16): let the backend cast
+            pass
+        variable.assign(value)
+    return report

@@ -1,0 +1,175 @@
+"""The `mobilevision` command: train, evaluate, predict, profile.
+
+Every command takes `--config NAME.yaml` (a path, else a bundled config) and trailing
+`key=value` overrides, e.g. `mobilevision train --config shapes_classifier.yaml train.epochs=3`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mobilevision", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name, help):
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--config", required=True, help="YAML file or bundled config name")
+        c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        return c
+
+    c = command("train", "train a model; results go to runs/<config name>/")
+    c.add_argument("--output", help="run directory (default runs/<config name>)")
+    c.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    c.add_argument("--overwrite", action="store_true", help="start again in a folder that has a run")
+
+    c = command("evaluate", "evaluate a checkpoint; writes eval.json and prints the metrics")
+    c.add_argument("--weights", help="weights file (default: the run's best checkpoint)")
+    c.add_argument("--split", help="dataset split (default data.val_split)")
+    c.add_argument("--output", help="run directory (default runs/<config name>)")
+
+    c = command("predict", "run on an image or a folder; writes annotated images and JSON")
+    c.add_argument("--input", required=True, help="an image file or a folder of images")
+    c.add_argument("--weights", help="weights file (default: the run's best checkpoint)")
+    c.add_argument("--output", help="output folder (default runs/<config name>/predictions)")
+
+    c = command("profile", "parameters, multiply-adds, peak activation memory, feature taps")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from mobilevision.backbones.weights import WeightsFileError, WeightsMismatchError
+    from mobilevision.config import ConfigError
+    from mobilevision.data.decode import ImageDecodeError
+    from mobilevision.data.image_folder import DatasetError
+    from mobilevision.tasks.trainer import TrainingError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DatasetError, TrainingError, WeightsMismatchError, WeightsFileError,
+            ImageDecodeError,
+            FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume training with --resume", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    from mobilevision.config import load_config
+    from mobilevision.tasks.trainer import dumps_metrics, run_dir_for, train
+
+    cfg = load_config(args.config, args.overrides)
+    results = train(cfg, output=args.output, resume=args.resume, overwrite=args.overwrite,
+                    overrides=args.overrides)
+    run = run_dir_for(cfg, args.output)
+    print(f"\nrun folder: {run}\n  checkpoints: {run / 'checkpoints'}\n  metrics: "
+          f"{run / 'metrics.csv'}\n  plot: {run / 'plots' / 'curves.png'}\n  results: "
+          f"{run / 'eval.json'}")
+    print(dumps_metrics(results))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from mobilevision.config import load_config
+    from mobilevision.tasks.trainer import dumps_metrics, evaluate_run, run_dir_for
+
+    cfg = load_config(args.config, args.overrides)
+    run = run_dir_for(cfg, args.output)
+    weights = args.weights
+    if weights and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: no such file")
+    if weights is None and not cfg.model.weights and not (run / "checkpoints").is_dir():
+        raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}: train first, or pass "
+                                f"--weights FILE or model.weights=FILE")
+    results = evaluate_run(cfg, run, weights=weights, split=args.split)
+    print(dumps_metrics(results))
+    return 0
+
+
+def _predict(args) -> int:
+    from mobilevision.backbones.weights import load_weights_by_name
+    from mobilevision.config import load_config
+    from mobilevision.data.decode import is_image_file
+    from mobilevision.tasks import get_task
+    from mobilevision.tasks.trainer import BEST, LAST, run_dir_for
+    from mobilevision.utils import atomic_write_json
+
+    cfg = load_config(args.config, args.overrides)
+    run = run_dir_for(cfg)
+    src = Path(args.input)
+    if src.is_dir():
+        paths = sorted(str(p) for p in src.rglob("*") if p.is_file() and is_image_file(p.name))
+        if not paths:
+            raise FileNotFoundError(f"--input {src}: folder has no images (.jpg, .jpeg, .png, .bmp)")
+    elif src.is_file():
+        paths = [str(src)]
+    else:
+        raise FileNotFoundError(f"--input {src}: no such file or folder")
+    weights = args.weights
+    if weights is None and not cfg.model.weights:
+        weights = next((run / "checkpoints" / n for n in (BEST, LAST)
+                        if (run / "checkpoints" / n).exists()), None)
+        if weights is None:
+            raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}: train first, or pass "
+                                    f"--weights FILE")
+    task = get_task(cfg)
+    model = task.build_model()
+    if weights is not None:
+        load_weights_by_name(model, weights, allow_unused=True)
+    names = None
+    if (run / "labels.txt").exists():
+        names = (run / "labels.txt").read_text().split("\n")[: cfg.model.num_classes]
+    out = Path(args.output or run / "predictions")
+    results = task.predict(model, paths, out, class_names=names)
+    atomic_write_json(out / "predictions.json", results)
+    print(f"wrote {len(results)} annotated image(s) and {out / 'predictions.json'}")
+    return 0
+
+
+def _profile(args) -> int:
+    from mobilevision.config import load_config
+    from mobilevision.profile import format_profile, profile_model
+    from mobilevision.tasks import get_task
+
+    # Weights do not change the figures: profile without needing the files.
+    cfg = load_config(args.config, list(args.overrides) + ["model.weights=null",
+                                                           "model.backbone.weights=null"])
+    model = get_task(cfg).build_model()
+    prof = profile_model(model)
+    from mobilevision.backbones import DEFAULT_TAPS, FEATURE_SPECS
+
+    b = cfg.model.backbone
+    specs = FEATURE_SPECS[b.name](b.alpha, b.output_stride)
+    h, w = cfg.model.input_size
+    prof["features"] = {name: {"shape": [h // specs[name][1], w // specs[name][1], specs[name][0]],
+                               "stride": specs[name][1]}
+                        for name in DEFAULT_TAPS}
+    prof["config"] = cfg.get("_source")
+    if args.json:
+        print(json.dumps({k: v for k, v in prof.items() if k != "layers"}))
+    else:
+        print(format_profile(prof))
+        print("feature taps (name: H x W x C, stride):")
+        for name, f in prof["features"].items():
+            s = f["shape"]
+            print(f"  {name:24s} {s[0]:4d} x {s[1]:4d} x {s[2]:5d}   stride {f['stride']}")
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "profile": _profile}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

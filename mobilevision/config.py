@@ -1,0 +1,361 @@
+"""Experiment configuration: defaults in code, a YAML file over them, `key=value` over both.
+
+    cfg = load_config("shapes_classifier.yaml", overrides=["train.epochs=3"])
+    cfg.model.backbone.alpha      # 0.35
+    cfg["train"]["epochs"]        # 3
+
+Every key that exists is declared in `SCHEMA` below with its default and type. An unknown key,
+a value of the wrong type or a file that does not exist is a `ConfigError` naming the key, the
+YAML file (or the override) and, for unknown keys, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from mobilevision.version import __version__
+
+TASKS = ("classification",)
+DATA_FORMATS = ("folder", "tfds")
+SYNTHETIC = ("shapes",)
+OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "exponential", "cosine")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+
+class ConfigError(ValueError):
+    """A config problem, with the key and the file (or override) it came from in the message."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: its default and what values it accepts.
+
+    kind: "int", "float", "bool", "str", "size" (a list of two positive ints), "floats" (a list
+    of numbers), "strs" (a list of strings), "path" (a string; may not exist yet) or "file" (a
+    string naming an existing file, checked after all overrides). `choices` restricts the value;
+    `nullable` allows null.
+    """
+
+    default: Any
+    kind: str
+    choices: tuple | None = None
+    nullable: bool = False
+    help: str = ""
+
+
+# Dotted key -> Field. Task issues add their own keys here; keep the list sorted by section.
+SCHEMA: dict[str, Field] = {
+    "task": Field("classification", "str", TASKS, help="which task builds the model and data"),
+    "name": Field(None, "str", nullable=True, help="run name; defaults to the config file's stem"),
+    "seed": Field(0, "int", help="seeds Python, NumPy, TensorFlow and the data order"),
+    "output": Field(None, "path", nullable=True, help="run directory; default runs/<name>"),
+    # model
+    "model.input_size": Field([224, 224], "size", help="[height, width], multiples of 32"),
+    "model.num_classes": Field(1000, "int"),
+    "model.weights": Field(None, "file", nullable=True, help="weights file for the whole model"),
+    "model.backbone.name": Field("mobilenet_v2", "str", ("mobilenet_v2",)),
+    "model.backbone.alpha": Field(1.0, "float", ALPHAS, help="width multiplier"),
+    "model.backbone.output_stride": Field(32, "int", (8, 16, 32)),
+    "model.backbone.weights": Field(
+        None, "file", nullable=True, help="backbone weights (keras.applications .h5 or .weights.h5)"
+    ),
+    "model.backbone.bn_momentum": Field(0.999, "float", help="BatchNorm moving-average momentum"),
+    "model.backbone.trainable": Field(True, "bool"),
+    "model.head.dropout": Field(0.2, "float", help="classifier dropout before `predictions`"),
+    # data
+    "data.format": Field("folder", "str", DATA_FORMATS),
+    "data.root": Field("data", "path", help="dataset root directory"),
+    "data.train_split": Field("train", "str"),
+    "data.val_split": Field("val", "str"),
+    "data.synthetic": Field(None, "str", SYNTHETIC, nullable=True,
+                            help="generate this synthetic dataset into data.root on first use"),
+    "data.shapes.num_train": Field(2000, "int"),
+    "data.shapes.num_val": Field(500, "int"),
+    "data.shapes.image_size": Field(96, "int"),
+    "data.shapes.seed": Field(0, "int"),
+    "data.tfds.name": Field(None, "str", nullable=True, help="TFDS dataset name, e.g. imagenet2012"),
+    "data.tfds.data_dir": Field(None, "path", nullable=True, help="where the TFDS data is prepared"),
+    "data.tfds.image_key": Field("image", "str"),
+    "data.tfds.label_key": Field("label", "str"),
+    "data.augment.random_resized_crop": Field(True, "bool"),
+    "data.augment.crop_scale": Field([0.08, 1.0], "floats", help="area fraction range of the crop"),
+    "data.augment.crop_ratio": Field([0.75, 1.3333], "floats", help="aspect ratio range"),
+    "data.augment.flip": Field(True, "bool", help="random horizontal flip"),
+    "data.eval_crop": Field(0.875, "float", help="central crop fraction at evaluation"),
+    "data.shuffle_buffer": Field(2048, "int"),
+    # train
+    "train.epochs": Field(10, "int"),
+    "train.batch_size": Field(32, "int"),
+    "train.steps_per_epoch": Field(None, "int", nullable=True, help="default: one pass over train"),
+    "train.optimizer.name": Field("rmsprop", "str", OPTIMIZERS),
+    "train.optimizer.learning_rate": Field(0.045, "float"),
+    "train.optimizer.momentum": Field(0.9, "float"),
+    "train.optimizer.rho": Field(0.9, "float", help="RMSProp decay"),
+    "train.optimizer.epsilon": Field(0.002, "float"),
+    "train.optimizer.clipnorm": Field(None, "float", nullable=True),
+    "train.lr_schedule.name": Field("exponential", "str", LR_SCHEDULES),
+    "train.lr_schedule.decay_rate": Field(0.98, "float", help="exponential: factor per decay_epochs"),
+    "train.lr_schedule.decay_epochs": Field(1.0, "float"),
+    "train.lr_schedule.warmup_epochs": Field(0.0, "float"),
+    "train.weight_decay": Field(4e-5, "float", help="L2 on conv and dense kernels (TF-slim scale)"),
+    "train.label_smoothing": Field(0.1, "float"),
+    "train.precision": Field("float32", "str", PRECISIONS),
+    "train.eval_every": Field(1, "int", help="validate every N epochs"),
+    "train.verbose": Field("auto", "str", ("auto", "0", "1", "2")),
+}
+
+
+def defaults() -> dict:
+    """The default config as a nested dict."""
+    tree: dict = {}
+    for key, field in SCHEMA.items():
+        _set(tree, key, copy.deepcopy(field.default))
+    return tree
+
+
+class Config(dict):
+    """A nested dict whose sections also read as attributes (`cfg.train.epochs`)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def get_path(self, dotted: str):
+        node = self
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+def _wrap(tree) -> Any:
+    if isinstance(tree, dict):
+        return Config({k: _wrap(v) for k, v in tree.items()})
+    return tree
+
+
+def _plain(tree) -> Any:
+    if isinstance(tree, dict):
+        return {k: _plain(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_plain(v) for v in tree]
+    return tree
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[parts[-1]] = value
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}. A dict value under a key that the schema knows as a leaf
+    is kept whole so its type error names that key."""
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in SCHEMA:
+            if not value:
+                flat[dotted] = value
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _suggest(key: str) -> str:
+    keys = list(SCHEMA)
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:
+        # Same last component in another section ("epochs" -> "train.epochs").
+        last = key.rsplit(".", 1)[-1]
+        close = [k for k in keys if k.rsplit(".", 1)[-1] == last][:1]
+    if not close:
+        close = difflib.get_close_matches(key.rsplit(".", 1)[-1], keys, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _check_type(key: str, value, where: str):
+    """Return `value` converted to the field's type, or raise ConfigError."""
+    field = SCHEMA[key]
+
+    def bad(expected):
+        return ConfigError(f"{where}: key '{key}' expects {expected}, got {value!r}")
+
+    if value is None:
+        if field.nullable:
+            return None
+        raise bad(f"a {field.kind} (it may not be null)")
+    kind = field.kind
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        value = float(value)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif kind in ("str", "path", "file"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and kind == "str":
+            value = str(value)
+        if not isinstance(value, str):
+            raise bad("a string")
+    elif kind == "size":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            raise bad("[height, width], two positive integers")
+    elif kind == "floats":
+        if not isinstance(value, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise bad("a list of numbers")
+        value = [float(v) for v in value]
+    elif kind == "strs":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+    else:  # pragma: no cover - a schema mistake
+        raise AssertionError(f"unknown field kind {kind}")
+    if field.choices is not None and value not in field.choices:
+        choices = ", ".join(repr(c) for c in field.choices)
+        raise ConfigError(f"{where}: key '{key}' must be one of {choices}, got {value!r}")
+    return value
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        if "\t" in text and ("tab" in str(e).lower() or "'\\t'" in str(e)):
+            problem += " (YAML does not allow tabs for indentation; use spaces)"
+        raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def bundled_config_dirs() -> list[Path]:
+    """Where `--config NAME.yaml` looks after the path itself: the repository's configs/ (an
+    editable install or a checkout) and the configs installed under sys.prefix."""
+    import sys
+
+    here = Path(__file__).resolve().parent
+    return [here.parent / "configs", Path(sys.prefix) / "share" / "mobilevision" / "configs"]
+
+
+def find_config(name_or_path: str | os.PathLike) -> Path:
+    """A path that exists wins; else a file of that name in the bundled configs."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for folder in bundled_config_dirs():
+        candidate = folder / path.name
+        if candidate.is_file():
+            return candidate
+    available = sorted({p.name for d in bundled_config_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+    close = difflib.get_close_matches(path.name, available, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(
+        f"config '{name_or_path}' not found as a path nor among the bundled configs "
+        f"({', '.join(available) or 'none'}){hint}"
+    )
+
+
+def parse_override(text: str):
+    """'train.epochs=5' -> ('train.epochs', 5). The value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value (e.g. train.epochs=5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(name_or_path=None, overrides: Sequence[str] = (), *, check_files: bool = True) -> Config:
+    """Build the config: defaults, then the YAML file (if any), then `key=value` overrides.
+
+    Returns a `Config` with two extra keys: `name` (the run name) and `_source` (the YAML path).
+    Raises ConfigError for unknown keys, wrong types, and missing files for file-valued keys.
+    """
+    tree = defaults()
+    source = None
+    if name_or_path is not None:
+        source = find_config(name_or_path)
+        for key, value in _flatten(_read_yaml(source)).items():
+            where = str(source)
+            if key not in SCHEMA:
+                raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key)}")
+            _set(tree, key, _check_type(key, value, where))
+    for text in overrides:
+        key, value = parse_override(text)
+        where = f"override '{text}'"
+        if key not in SCHEMA:
+            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key)}")
+        _set(tree, key, _check_type(key, value, where))
+    if tree.get("name") is None:
+        tree["name"] = source.stem if source is not None else "default"
+    cfg = _wrap(tree)
+    _validate(cfg, source, check_files)
+    cfg["_source"] = str(source) if source is not None else None
+    return cfg
+
+
+def _validate(cfg: Config, source, check_files: bool) -> None:
+    """Cross-field checks and file existence."""
+    where = str(source) if source is not None else "config"
+    if check_files:
+        for key, field in SCHEMA.items():
+            if field.kind == "file":
+                value = cfg.get_path(key)
+                if value is not None and not Path(value).is_file():
+                    raise ConfigError(f"{where}: key '{key}' names '{value}', which is not a file")
+    h, w = cfg.model.input_size
+    if h % 32 or w % 32:
+        raise ConfigError(
+            f"{where}: key 'model.input_size' must be multiples of 32 (the backbone's total stride), "
+            f"got [{h}, {w}]"
+        )
+    if cfg.model.num_classes < 1:
+        raise ConfigError(f"{where}: key 'model.num_classes' must be at least 1")
+    if cfg.train.batch_size < 1 or cfg.train.epochs < 0:
+        raise ConfigError(f"{where}: 'train.batch_size' must be >= 1 and 'train.epochs' >= 0")
+    if cfg.data.format == "tfds" and not cfg.data.tfds.name:
+        raise ConfigError(f"{where}: data.format is 'tfds' but key 'data.tfds.name' is not set")
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically, with the package version in a header, so
+    `--config path` repeats the run exactly."""
+    from mobilevision.utils import atomic_write_text
+
+    data = {k: v for k, v in cfg.to_dict().items() if not k.startswith("_")}
+    header = f"# resolved by mobilevision {__version__} from {cfg.get('_source')}\n"
+    atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False))

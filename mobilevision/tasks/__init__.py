@@ -1,0 +1,18 @@
+"""Tasks: each ties a model, its data, loss, metrics and post-processing. Registry: name -> class."""
+
+from mobilevision.tasks.base import Task, build_backbone
+from mobilevision.tasks.classification import ClassificationTask
+
+TASKS = {"classification": ClassificationTask}
+
+
+def get_task(cfg) -> Task:
+    return TASKS[cfg.task](cfg)
+
+
+def build_model(cfg):
+    """The task model of `cfg` (uncompiled), `model.weights` loaded if set."""
+    return get_task(cfg).build_model()
+
+
+__all__ = ["TASKS", "Task", "get_task", "build_model", "build_backbone"]

@@ -1,0 +1,78 @@
+"""What every task shares: the backbone from config, weight loading, compile, the task interface."""
+
+from __future__ import annotations
+
+import keras
+
+from mobilevision.backbones import BACKBONES, DEFAULT_TAPS, FEATURE_SPECS
+
+
+def kernel_weight_decay(cfg) -> float:
+    """L2 on kernels, except with AdamW, whose decay is decoupled in the optimizer."""
+    return 0.0 if cfg.train.optimizer.name == "adamw" else cfg.train.weight_decay
+
+
+def build_backbone(cfg, taps=None) -> keras.Model:
+    """The backbone of `cfg.model.backbone`, with its weights file loaded by layer name.
+
+    Returns keras.Model: (N, H, W, 3) pixels 0..255 -> {tap: (N, H/s, W/s, C)}."""
+    b = cfg.model.backbone
+    h, w = cfg.model.input_size
+    model = BACKBONES[b.name](input_shape=(h, w, 3), alpha=b.alpha, output_stride=b.output_stride,
+                              taps=tuple(taps or DEFAULT_TAPS), bn_momentum=b.bn_momentum,
+                              weight_decay=kernel_weight_decay(cfg))
+    if b.weights:
+        from mobilevision.backbones.weights import load_weights_by_name
+
+        load_weights_by_name(model, b.weights, allow_unused=True)
+    model.trainable = b.trainable
+    return model
+
+
+def feature_strides(cfg) -> dict[str, int]:
+    b = cfg.model.backbone
+    return {k: s for k, (_, s) in FEATURE_SPECS[b.name](b.alpha, b.output_stride).items()}
+
+
+class Task:
+    """One task end to end. Subclasses set `name`, `monitor` (the metric that picks the best
+    checkpoint; `val_` is prefixed during training) and `monitor_mode`, and implement the hooks."""
+
+    name = ""
+    monitor = ""
+    monitor_mode = "max"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def build_model(self) -> keras.Model:
+        """The task model (uncompiled) with `model.weights` loaded when the config names a file."""
+        model = self._build_model()
+        if self.cfg.model.weights:
+            from mobilevision.backbones.weights import load_weights_by_name
+
+            load_weights_by_name(model, self.cfg.model.weights, allow_unused=False)
+        return model
+
+    # Hooks -----------------------------------------------------------------------------------
+    def _build_model(self) -> keras.Model:
+        raise NotImplementedError
+
+    def build_dataset(self, split: str, training: bool):
+        """-> (tf.data.Dataset of (images, targets) batches, number of examples)."""
+        raise NotImplementedError
+
+    def compile(self, model: keras.Model, steps_per_epoch: int) -> None:
+        raise NotImplementedError
+
+    def evaluate(self, model: keras.Model, split: str) -> dict:
+        """Metrics on a split as a flat dict of floats (written to eval.json)."""
+        raise NotImplementedError
+
+    def predict(self, model: keras.Model, paths: list[str], out_dir) -> list[dict]:
+        """Run on image files, write annotated images into out_dir, return one result per file."""
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        """Generate synthetic data on first use (configs with `data.synthetic`)."""
+        raise NotImplementedError

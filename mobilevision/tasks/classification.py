@@ -1,0 +1,184 @@
+"""Image classification: MobileNetV2 + global pooling + `predictions`, top-1/top-5 accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mobilevision.heads.classifier import INPUT_FEATURE, classifier_head
+from mobilevision.tasks.base import Task, build_backbone, kernel_weight_decay
+from mobilevision.tasks.optim import build_optimizer
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    monitor = "top1"
+    monitor_mode = "max"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._class_names = None
+
+    # Model -------------------------------------------------------------------------------------
+    def _build_model(self) -> keras.Model:
+        cfg = self.cfg
+        backbone = build_backbone(cfg, taps=[INPUT_FEATURE])
+        image = keras.Input(shape=(*cfg.model.input_size, 3), name="image")
+        probs = classifier_head(backbone(image), cfg.model.num_classes, cfg.model.head.dropout,
+                                kernel_weight_decay(cfg))
+        return keras.Model(image, probs, name=f"{cfg.model.backbone.name}_classifier")
+
+    def compile(self, model, steps_per_epoch):
+        k = min(5, self.cfg.model.num_classes)
+        model.compile(
+            optimizer=build_optimizer(self.cfg, steps_per_epoch),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.cfg.train.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="top1"),
+                     keras.metrics.TopKCategoricalAccuracy(k=k, name="top5")],
+        )
+
+    # Data --------------------------------------------------------------------------------------
+    def prepare_data(self):
+        d = self.cfg.data
+        if d.synthetic == "shapes":
+            from mobilevision.data.shapes import ensure_shapes
+
+            ensure_shapes(d.root, "classification", num_train=d.shapes.num_train,
+                          num_val=d.shapes.num_val, image_size=d.shapes.image_size,
+                          seed=d.shapes.seed)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order: the training split's folders, or the TFDS label names."""
+        if self._class_names is None:
+            d = self.cfg.data
+            if d.format == "folder":
+                from mobilevision.data.image_folder import list_image_folder
+
+                _, _, self._class_names = list_image_folder(Path(d.root) / d.train_split)
+            else:
+                from mobilevision.data.tfds_reader import load_tfds
+
+                _, info = load_tfds(d.tfds.name, d.train_split, d.tfds.data_dir)
+                self._class_names = list(info.features[d.tfds.label_key].names)
+            self._check_num_classes(self._class_names)
+        return self._class_names
+
+    def _check_num_classes(self, names):
+        n = self.cfg.model.num_classes
+        if len(names) != n:
+            where = self.cfg.get("_source") or "config"
+            raise ValueError(f"{where}: model.num_classes is {n} but the dataset has "
+                             f"{len(names)} classes ({', '.join(names[:10])}"
+                             f"{', ...' if len(names) > 10 else ''})")
+
+    def build_dataset(self, split: str, training: bool):
+        """-> (dataset of (images float32 (B, H, W, 3) in 0..255, one-hot (B, K)), num_examples)."""
+        import tensorflow as tf
+
+        from mobilevision.data import augment
+        from mobilevision.data.pipeline import AUTOTUNE, decode_file, options, with_seeds
+
+        cfg, d = self.cfg, self.cfg.data
+        size = tuple(cfg.model.input_size)
+        k = cfg.model.num_classes
+        if d.format == "folder":
+            from mobilevision.data.image_folder import list_image_folder
+
+            paths, labels, _ = list_image_folder(Path(d.root) / split, self.class_names)
+            n = len(paths)
+            ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
+            if training:
+                ds = ds.shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)
+
+            def load(path, label):
+                image, ok = decode_file(path)
+                return image, label, ok
+
+            ds = ds.map(load, num_parallel_calls=AUTOTUNE)
+            ds = ds.filter(lambda image, label, ok: ok).map(lambda i, l, ok: (i, l))
+        else:
+            from mobilevision.data.tfds_reader import load_tfds
+
+            ds, info = load_tfds(d.tfds.name, split, d.tfds.data_dir)
+            self._check_num_classes(list(info.features[d.tfds.label_key].names))
+            n = info.splits[split].num_examples
+            ds = ds.map(lambda ex: (ex[d.tfds.image_key], tf.cast(ex[d.tfds.label_key], tf.int32)),
+                        num_parallel_calls=AUTOTUNE)
+            if training:
+                ds = ds.shuffle(min(n, d.shuffle_buffer), seed=cfg.seed, reshuffle_each_iteration=True)
+            ds = ds.map(lambda i, l: (tf.image.grayscale_to_rgb(i) if i.shape[-1] == 1 else i, l))
+
+        a = d.augment
+        if training:
+            def train_map(example, seed):
+                image, label = example
+                s1, s2 = seed, tf.reverse(seed, [0])
+                if a.random_resized_crop:
+                    image = augment.random_resized_crop(image, s1, size, a.crop_scale, a.crop_ratio)
+                else:
+                    image = augment.central_crop_resize(image, size, 1.0)
+                if a.flip:
+                    image = augment.random_flip(image, s2)
+                return image, tf.one_hot(label, k)
+
+            ds = with_seeds(ds, cfg.seed).map(train_map, num_parallel_calls=AUTOTUNE)
+            ds = ds.batch(cfg.train.batch_size, drop_remainder=n >= cfg.train.batch_size)
+        else:
+            ds = ds.map(lambda i, l: (augment.central_crop_resize(i, size, d.eval_crop),
+                                      tf.one_hot(l, k)), num_parallel_calls=AUTOTUNE)
+            ds = ds.batch(cfg.train.batch_size)
+        return ds.prefetch(AUTOTUNE).with_options(options()), n
+
+    def steps_per_epoch(self, num_examples: int) -> int:
+        b = self.cfg.train.batch_size
+        return max(1, num_examples // b if num_examples >= b else 1)
+
+    # Evaluation and prediction -------------------------------------------------------------------
+    def evaluate(self, model, split):
+        from mobilevision.data.skips import SKIPPED
+
+        ds, n = self.build_dataset(split, training=False)
+        before = len(SKIPPED)
+        logs = model.evaluate(ds, return_dict=True, verbose=0)
+        return {"top1": float(logs["top1"]), "top5": float(logs["top5"]),
+                "loss": float(logs["loss"]), "num_examples": n - (len(SKIPPED) - before),
+                "split": split}
+
+    def predict(self, model, paths, out_dir, class_names=None, top_k=5):
+        """Classify image files. Writes `<stem>.jpg` with the top class drawn on it per input into
+        out_dir; returns [{"file", "predictions": [{"class", "class_id", "score"}...]}]."""
+        import cv2
+        import tensorflow as tf
+
+        from mobilevision.data import augment
+        from mobilevision.data.decode import ImageDecodeError, read_image
+
+        names = class_names or [f"class_{i}" for i in range(self.cfg.model.num_classes)]
+        size = tuple(self.cfg.model.input_size)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results = []
+        for path in paths:
+            try:
+                image = read_image(path)
+            except ImageDecodeError as e:
+                results.append({"file": str(path), "error": str(e)})
+                continue
+            x = augment.central_crop_resize(tf.constant(image), size, self.cfg.data.eval_crop)
+            probs = model.predict(x[None], verbose=0)[0]
+            order = np.argsort(-probs)[:top_k]
+            preds = [{"class": names[i], "class_id": int(i), "score": float(probs[i])} for i in order]
+            results.append({"file": str(path), "predictions": preds})
+            canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            scale = max(1.0, 256 / max(canvas.shape[:2]))
+            if scale > 1:
+                canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+            text = f"{preds[0]['class']} {preds[0]['score']:.2f}"
+            cv2.rectangle(canvas, (0, 0), (canvas.shape[1], 22), (0, 0, 0), -1)
+            cv2.putText(canvas, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+            cv2.imwrite(str(out_dir / f"{Path(path).stem}.jpg"), canvas)
+        return results

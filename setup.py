@@ -1,0 +1,37 @@
+"""Install: pip install -e .   (extras: [test])"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+version = {}
+exec((ROOT / "mobilevision" / "version.py").read_text(), version)
+
+setup(
+    name="mobilevision",
+    version=version["__version__"],
+    description="MobileNetV2 backbone with classifier, SSDLite and DeepLabv3 heads, in Keras 3",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mobilevision", "mobilevision.*"]),
+    # The bundled YAML configs are installed beside the package so `--config NAME.yaml`
+    # finds them from any working directory, also in a non-editable install.
+    data_files=[("share/mobilevision/configs", sorted(str(p) for p in Path("configs").glob("*.yaml")))],
+    install_requires=[
+        "tensorflow>=2.16",
+        "tensorboard>=2.16",
+        "keras>=3.3",
+        "pycocotools>=2.0.7",
+        "tensorflow-datasets>=4.9",
+        "opencv-python-headless>=4.8",
+        "pyyaml>=6.0",
+        "ai-edge-litert>=1.0",
+        "pillow>=10.0",
+        "h5py>=3.8",
+        "matplotlib>=3.7",
+        "numpy>=1.24",
+    ],
+    extras_require={"test": ["pytest>=7.4"]},
+    entry_points={"console_scripts": ["mobilevision=mobilevision.cli:main"]},
+)

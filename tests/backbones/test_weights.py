@@ -1,0 +1,315 @@
+"""Name-based weight loading from legacy .h5, Keras 3 .weights.h5 and .keras files.
+
+The source is a keras.applications MobileNetV2 (weights=None) with every variable, BatchNorm
+moving statistics included, set to random values, so a layer loaded into the wrong place shows.
+"""
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+import keras
+from keras.src.legacy.saving import legacy_h5_format
+
+from mobilevision.backbones.weights import (
+    LoadReport,
+    WeightsFileError,
+    WeightsMismatchError,
+    _model_units,
+    layer_names_with_weights,
+    load_weights_by_name,
+)
+
+SHAPE = (96, 96, 3)
+
+
+def _mobilenet(alpha=0.35, include_top=True):
+    return keras.applications.MobileNetV2(
+        weights=None, alpha=alpha, include_top=include_top, input_shape=SHAPE
+    )
+
+
+def _randomize(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        shape = tuple(v.shape)
+        if "moving_variance" in v.path:
+            value = rng.uniform(0.5, 2.0, shape)
+        else:
+            value = rng.normal(0.0, 0.5, shape)
+        v.assign(value.astype("float32"))
+
+
+def _zero(model):
+    for v in model.weights:
+        v.assign(np.zeros(tuple(v.shape), "float32"))
+
+
+def _layers_by_name(model):
+    out = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out.update(_layers_by_name(layer))
+        out[layer.name] = layer
+    return out
+
+
+def _assert_same_weights(source, target, names):
+    src, dst = _layers_by_name(source), _layers_by_name(target)
+    assert names
+    for name in names:
+        a, b = src[name].get_weights(), dst[name].get_weights()
+        assert len(a) == len(b), name
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def _write_keras2_h5(model, path):
+    """Write `model` the way Keras 2 / tf.keras wrote keras.applications weight files."""
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([layer.name.encode("utf8") for layer in model.layers])
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.1.6"
+        for layer in sorted(model.layers, key=lambda l: l.name):
+            g = f.create_group(layer.name)
+            weights = layer.trainable_weights + layer.non_trainable_weights
+            names = [f"{layer.name}/{w.name}:0".encode("utf8") for w in weights]
+            g.attrs["weight_names"] = names
+            for name, w in zip(names, weights):
+                g.create_dataset(name.decode("utf8"), data=keras.ops.convert_to_numpy(w))
+
+
+def _strip_names(src, dst):
+    """Copy a .weights.h5 without the per-layer `name` attributes (older Keras 3 files)."""
+    shutil.copy(src, dst)
+    with h5py.File(dst, "a") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and "name" in obj.attrs:
+                del obj.attrs["name"]
+        f.visititems(visit)
+
+
+def _classifier(backbone, classes=1000, head_name="predictions"):
+    """Our task models' shape: a functional model calling a backbone model as a layer."""
+    inputs = keras.Input(SHAPE)
+    x = backbone(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(classes, name=head_name)(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def source():
+    model = _mobilenet()
+    _randomize(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(source, tmp_path_factory):
+    d = tmp_path_factory.mktemp("weights")
+    paths = {
+        "weights_h5": str(d / "mnv2.weights.h5"),
+        "legacy_keras3": str(d / "mnv2_legacy.h5"),
+        "legacy_keras2": str(d / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96.h5"),
+        "unnamed": str(d / "mnv2_unnamed.weights.h5"),
+        "keras_zip": str(d / "mnv2.keras"),
+        "legacy_full_model": str(d / "mnv2_model.h5"),
+    }
+    source.save_weights(paths["weights_h5"])
+    with h5py.File(paths["legacy_keras3"], "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    _write_keras2_h5(source, paths["legacy_keras2"])
+    _strip_names(paths["weights_h5"], paths["unnamed"])
+    source.save(paths["keras_zip"])
+    source.save(paths["legacy_full_model"])  # weights under model_weights/
+    return paths
+
+
+@pytest.fixture(scope="module")
+def target():
+    return _mobilenet()
+
+
+@pytest.fixture(scope="module")
+def target_no_top():
+    return _mobilenet(include_top=False)
+
+
+@pytest.fixture(scope="module")
+def nested():
+    return _classifier(_mobilenet(include_top=False))
+
+
+@pytest.mark.parametrize(
+    "kind", ["weights_h5", "legacy_keras3", "legacy_keras2", "keras_zip", "legacy_full_model"]
+)
+def test_loads_every_format_by_name(kind, files, source, target):
+    _zero(target)
+    report = load_weights_by_name(target, files[kind])
+    assert isinstance(report, LoadReport)
+    assert report.ok and report.matched_by == "name"
+    assert report.file_format == {"weights_h5": "weights_h5", "keras_zip": "keras_zip"}.get(
+        kind, "legacy_h5"
+    )
+    assert report.loaded == layer_names_with_weights(target)
+    assert report.missing == report.unused == report.mismatched == []
+    _assert_same_weights(source, target, report.loaded)
+
+
+def test_layer_names_with_weights_in_model_order(target, target_no_top):
+    names = layer_names_with_weights(target)
+    assert names[:3] == ["Conv1", "bn_Conv1", "expanded_conv_depthwise"]
+    assert names[-3:] == ["Conv_1", "Conv_1_bn", "predictions"]
+    assert len(names) == 35 + 17 + 52 + 1  # conv, depthwise, batchnorm, dense
+    assert layer_names_with_weights(target_no_top) == names[:-1]
+
+
+@pytest.mark.parametrize("kind", ["weights_h5", "legacy_keras2"])
+def test_top_file_into_backbone_reports_unused(kind, files, source, target_no_top):
+    _zero(target_no_top)
+    report = load_weights_by_name(target_no_top, files[kind])
+    assert report.ok
+    assert report.unused == ["predictions"]
+    _assert_same_weights(source, target_no_top, layer_names_with_weights(target_no_top))
+    with pytest.raises(WeightsMismatchError, match="predictions"):
+        load_weights_by_name(target_no_top, files[kind], allow_unused=False)
+
+
+@pytest.mark.parametrize("kind", ["weights_h5", "legacy_keras3", "legacy_keras2", "unnamed"])
+def test_flat_file_into_nested_classifier(kind, files, source, nested):
+    _zero(nested)
+    report = load_weights_by_name(nested, files[kind])
+    assert report.ok, report
+    assert report.matched_by == ("position" if kind == "unnamed" else "name")
+    assert report.loaded == layer_names_with_weights(nested)
+    assert report.loaded[-1] == "predictions" and report.unused == []
+    _assert_same_weights(source, nested, report.loaded)
+
+
+def test_unnamed_file_loads_by_position(files, source, target, target_no_top):
+    _zero(target)
+    report = load_weights_by_name(target, files["unnamed"])
+    assert report.ok and report.matched_by == "position"
+    _assert_same_weights(source, target, report.loaded)
+    _zero(target_no_top)
+    report = load_weights_by_name(target_no_top, files["unnamed"])
+    assert report.ok and report.unused == ["layers/dense"]
+    _assert_same_weights(source, target_no_top, report.loaded)
+
+
+def test_save_paths_follow_keras_naming(nested, tmp_path):
+    """Our reconstruction of Keras 3 save paths agrees with the names Keras records."""
+    path = str(tmp_path / "nested.weights.h5")
+    nested.save_weights(path)
+    recorded = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and name.endswith("vars") and len(obj):
+                recorded[obj.attrs["name"]] = name[: -len("/vars")]
+        f.visititems(visit)
+    ours = {u.name: u.key for u in _model_units(nested)}
+    assert ours == recorded
+    assert ours["Conv1"] == "layers/functional/layers/conv2d"
+    assert ours["block_16_project_BN"] == "layers/functional/layers/batch_normalization_50"
+    assert ours["predictions"] == "layers/dense"
+
+
+def test_own_nested_file_round_trip(nested, tmp_path):
+    _randomize(nested, seed=1)
+    path = str(tmp_path / "classifier.weights.h5")
+    nested.save_weights(path)
+    expected = [w.numpy() for w in nested.weights]
+    _zero(nested)
+    report = load_weights_by_name(nested, path)
+    assert report.ok and report.unused == []
+    for v, x in zip(nested.weights, expected):
+        np.testing.assert_array_equal(v.numpy(), x)
+
+
+def _tiny_classifier(seed):
+    inner_in = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3)(inner_in)
+    h = keras.layers.BatchNormalization()(h)
+    inner = keras.Model(inner_in, h)
+    x_in = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inner(x_in))
+    model = keras.Model(x_in, keras.layers.Dense(3)(x))  # auto-named layers
+    _randomize(model, seed)
+    return model
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_rebuilt_model_with_auto_names_loads_by_path(strip, tmp_path):
+    first, second = _tiny_classifier(0), _tiny_classifier(1)
+    assert layer_names_with_weights(first) != layer_names_with_weights(second)
+    path = str(tmp_path / "tiny.weights.h5")
+    first.save_weights(path)
+    if strip:
+        _strip_names(path, str(tmp_path / "stripped.weights.h5"))
+        path = str(tmp_path / "stripped.weights.h5")
+    report = load_weights_by_name(second, path)
+    assert report.ok and report.matched_by == ("position" if strip else "path")
+    for a, b in zip(first.weights, second.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.fixture(scope="module")
+def wrong_alpha_file(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("alpha") / "mnv2_0.5.weights.h5")
+    _mobilenet(alpha=0.5).save_weights(path)
+    return path
+
+
+def test_wrong_alpha_raises_and_leaves_model_unchanged(wrong_alpha_file, target):
+    _zero(target)
+    with pytest.raises(WeightsMismatchError) as info:
+        load_weights_by_name(target, wrong_alpha_file)
+    message = str(info.value)
+    assert wrong_alpha_file in message
+    assert "block_1_project (model (1, 1, 48, 8), file (1, 1, 48, 16))" in message
+    assert "... and 56 more" in message  # 76 mismatched layers, 20 listed
+    report = info.value.report
+    names = {m.name for m in report.mismatched}
+    assert len(names) == 76
+    assert {"block_1_project", "block_2_expand", "block_16_project_BN"} <= names
+    assert "Conv1" not in names  # both alphas round to 16 filters there
+    mm = next(m for m in report.mismatched if m.name == "block_2_expand")
+    assert mm.expected == (1, 1, 8, 48) and mm.found == (1, 1, 16, 96)
+    assert all(not np.any(v.numpy()) for v in target.weights)  # nothing assigned
+    # Opting out of the check loads the layers that do fit.
+    report = load_weights_by_name(target, wrong_alpha_file, allow_mismatched=True)
+    assert "Conv1" in report.loaded and "block_2_expand" not in report.loaded
+
+
+def test_missing_layers_raise_unless_allowed(files, nested, tmp_path):
+    other = _classifier(nested.layers[1], classes=5, head_name="logits")
+    with pytest.raises(WeightsMismatchError, match=r"not in the file: logits"):
+        load_weights_by_name(other, files["weights_h5"])
+    report = load_weights_by_name(other, files["weights_h5"], allow_missing=True)
+    assert report.missing == ["logits"] and report.unused == ["predictions"]
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / "nope.weights.h5")
+    with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
+        load_weights_by_name(keras.Sequential(), path)
+
+
+def test_not_hdf5(tmp_path, target):
+    path = tmp_path / "notes.h5"
+    path.write_text("not weights")
+    with pytest.raises(WeightsFileError, match="notes.h5") as info:
+        load_weights_by_name(target, str(path))
+    assert isinstance(info.value, ValueError)
+
+
+def test_hdf5_of_unknown_layout(tmp_path, target):
+    path = str(tmp_path / "data.h5")
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(WeightsFileError, match="data.h5"):
+        load_weights_by_name(target, path)

@@ -1,0 +1,102 @@
+"""Config: defaults, YAML, overrides, and errors that name the key, the file and a suggestion."""
+
+import pytest
+
+from mobilevision.config import ConfigError, find_config, load_config, save_config
+
+
+def write(tmp_path, text, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 7\nmodel:\n  backbone:\n    alpha: 0.5\n")
+    cfg = load_config(path, ["train.epochs=3", "model.input_size=[128,160]", "seed=5"])
+    assert cfg.train.epochs == 3                      # override beats YAML
+    assert cfg.model.backbone.alpha == 0.5            # YAML beats default
+    assert cfg.train.batch_size == 32                 # default
+    assert cfg.model.input_size == [128, 160]
+    assert cfg.seed == 5
+    assert cfg.name == "exp"                          # run name from the file name
+    assert cfg["model"]["backbone"]["output_stride"] == 32
+
+
+def test_unknown_key_names_file_and_suggests_closest(tmp_path):
+    path = write(tmp_path, "train:\n  epoch: 5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg and "'train.epoch'" in msg and "did you mean 'train.epochs'" in msg
+
+
+def test_unknown_override_suggests_key_from_other_section():
+    with pytest.raises(ConfigError, match=r"override 'alpha=0.5'.*did you mean 'model.backbone.alpha'"):
+        load_config(None, ["alpha=0.5"])
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train:\n  epochs: five\n", "train.epochs"),
+    ("train:\n  epochs: 2.5\n", "train.epochs"),
+    ("model:\n  input_size: 224x224\n", "model.input_size"),
+    ("model:\n  backbone:\n    alpha: 0.6\n", "model.backbone.alpha"),
+    ("model:\n  backbone:\n    output_stride: 4\n", "model.backbone.output_stride"),
+    ("data:\n  augment:\n    flip: maybe\n", "data.augment.flip"),
+    ("train: 5\n", "train"),
+])
+def test_wrong_types_and_values_name_key_and_file(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert f"'{key}'" in str(e.value) and str(path) in str(e.value)
+
+
+def test_missing_weights_file_is_an_error_naming_key(tmp_path):
+    path = write(tmp_path, f"model:\n  weights: {tmp_path / 'nope.weights.h5'}\n")
+    with pytest.raises(ConfigError, match=r"'model.weights'.*nope.weights.h5.*not a file"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"'model.backbone.weights'"):
+        load_config(None, ["model.backbone.weights=/no/such/file.h5"])
+
+
+def test_input_size_must_be_multiple_of_32():
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        load_config(None, ["model.input_size=[100,100]"])
+
+
+def test_tabs_and_bad_yaml_name_file_and_line(tmp_path):
+    path = write(tmp_path, "train:\n\tepochs: 5\n")
+    with pytest.raises(ConfigError, match=r"exp.yaml line 2: invalid YAML.*tabs"):
+        load_config(path)
+
+
+def test_override_without_equals_and_missing_config():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match="not found.*did you mean 'shapes_classifier.yaml'"):
+        load_config("shapes_clasifier.yaml")
+
+
+def test_bundled_configs_are_found_by_name_and_valid():
+    path = find_config("imagenet_mobilenetv2.yaml")
+    assert path.name == "imagenet_mobilenetv2.yaml"
+    cfg = load_config("imagenet_mobilenetv2.yaml")
+    # The paper's recipe (section 6.1).
+    assert cfg.train.optimizer.name == "rmsprop"
+    assert cfg.train.optimizer.learning_rate == pytest.approx(0.045)
+    assert (cfg.train.optimizer.rho, cfg.train.optimizer.momentum) == (0.9, 0.9)
+    assert cfg.train.lr_schedule.decay_rate == pytest.approx(0.98)
+    assert cfg.train.weight_decay == pytest.approx(4e-5)
+    assert cfg.model.num_classes == 1000 and cfg.model.input_size == [224, 224]
+    assert load_config("shapes_classifier.yaml").data.synthetic == "shapes"
+
+
+def test_saved_config_reloads_to_the_same_values(tmp_path):
+    cfg = load_config("shapes_classifier.yaml", ["train.epochs=4", "model.input_size=[64,64]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert text.startswith("# resolved by mobilevision")
+    again = load_config(tmp_path / "config.yaml")
+    assert {k: v for k, v in again.to_dict().items() if k != "_source"} == \
+        {k: v for k, v in cfg.to_dict().items() if k != "_source"}
