@@ -24,6 +24,7 @@ setup(
         "keras>=3.3",
         "pycocotools>=2.0.7",
         "tensorflow-datasets>=4.9",
+        "importlib_resources",  # tensorflow-datasets needs it for local (adhoc) datasets
         "opencv-python-headless>=4.8",
         "pyyaml>=6.0",
         "ai-edge-litert>=1.0",

@@ -205,6 +205,12 @@ def _check_type(key: str, value, where: str):
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
     elif kind == "float":
+        if isinstance(value, str):
+            # YAML 1.1 reads 4e-5 (no dot) as a string; accept what Python reads as a number.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         value = float(value)

@@ -21,6 +21,8 @@ def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
     assert cfg.seed == 5
     assert cfg.name == "exp"                          # run name from the file name
     assert cfg["model"]["backbone"]["output_stride"] == 32
+    # Exponents without a dot are strings to YAML 1.1; a float key still reads them as numbers.
+    assert load_config(None, ["train.weight_decay=4e-5"]).train.weight_decay == 4e-5
 
 
 def test_unknown_key_names_file_and_suggests_closest(tmp_path):

@@ -75,7 +75,9 @@ class ClassificationTask(Task):
                              f"{', ...' if len(names) > 10 else ''})")
 
     def build_dataset(self, split: str, training: bool):
-        """-> (dataset of (images float32 (B, H, W, 3) in 0..255, one-hot (B, K)), num_examples)."""
+        """-> (dataset, number of listed examples). Training batches are (images float32
+        (B, H, W, 3) in 0..255, one-hot labels (B, K)); evaluation batches add a sample weight
+        (B,) that is 0 for an unreadable file."""
         import tensorflow as tf
 
         from mobilevision.data import augment
@@ -95,10 +97,11 @@ class ClassificationTask(Task):
 
             def load(path, label):
                 image, ok = decode_file(path)
-                return image, label, ok
+                return image, label, tf.cast(ok, tf.float32)
 
             ds = ds.map(load, num_parallel_calls=AUTOTUNE)
-            ds = ds.filter(lambda image, label, ok: ok).map(lambda i, l, ok: (i, l))
+            if training:
+                ds = ds.filter(lambda image, label, ok: ok > 0).map(lambda i, l, ok: (i, l))
         else:
             from mobilevision.data.tfds_reader import load_tfds
 
@@ -110,6 +113,8 @@ class ClassificationTask(Task):
             if training:
                 ds = ds.shuffle(min(n, d.shuffle_buffer), seed=cfg.seed, reshuffle_each_iteration=True)
             ds = ds.map(lambda i, l: (tf.image.grayscale_to_rgb(i) if i.shape[-1] == 1 else i, l))
+            if not training:
+                ds = ds.map(lambda i, l: (i, l, tf.constant(1.0)))
 
         a = d.augment
         if training:
@@ -127,8 +132,10 @@ class ClassificationTask(Task):
             ds = with_seeds(ds, cfg.seed).map(train_map, num_parallel_calls=AUTOTUNE)
             ds = ds.batch(cfg.train.batch_size, drop_remainder=n >= cfg.train.batch_size)
         else:
-            ds = ds.map(lambda i, l: (augment.central_crop_resize(i, size, d.eval_crop),
-                                      tf.one_hot(l, k)), num_parallel_calls=AUTOTUNE)
+            # Evaluation keeps every listed file in place (the dataset's length stays known) and
+            # gives an unreadable one weight 0, so it counts in no metric.
+            ds = ds.map(lambda i, l, w: (augment.central_crop_resize(i, size, d.eval_crop),
+                                         tf.one_hot(l, k), w), num_parallel_calls=AUTOTUNE)
             ds = ds.batch(cfg.train.batch_size)
         return ds.prefetch(AUTOTUNE).with_options(options()), n
 

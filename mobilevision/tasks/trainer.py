@@ -317,6 +317,7 @@ def evaluate_run(cfg, run: Path, *, weights=None, task=None, model=None, split=N
         set_precision(cfg)
         task.prepare_data()
         model = task.build_model()
+        task.compile(model, steps_per_epoch=1)  # for the loss and metrics; no training here
     if weights is not None:
         load_weights_by_name(model, weights, allow_unused=True)
     elif not cfg.model.weights:

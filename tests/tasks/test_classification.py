@@ -1,0 +1,138 @@
+"""Classification task: the folder and TFDS readers, skipped corrupt images, prediction output."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import mobilevision as mv
+from mobilevision.data.image_folder import DatasetError
+from mobilevision.data.skips import SKIPPED
+from mobilevision.tasks import get_task
+
+
+@pytest.fixture
+def make_task(tiny_overrides):
+    def make(root, *extra, **values):
+        cfg = mv.load_config("shapes_classifier.yaml", tiny_overrides(root, **values) + list(extra))
+        return get_task(cfg)
+    return make
+
+
+def test_train_batches_are_augmented_pixels_with_one_hot_labels(shapes_folders, make_task):
+    task = make_task(shapes_folders)
+    assert task.class_names == ["circle", "hexagon", "square", "star", "triangle"]
+    ds, n = task.build_dataset("train", training=True)
+    assert n == 40
+    images, labels = next(iter(ds))
+    assert images.shape == (8, 64, 64, 3) and images.dtype.name == "float32"
+    assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
+    assert labels.shape == (8, 5) and np.allclose(labels.numpy().sum(1), 1.0)
+
+
+def test_eval_covers_every_image_once_in_order(shapes_folders, make_task):
+    task = make_task(shapes_folders)
+    ds, n = task.build_dataset("val", training=False)
+    labels = np.concatenate([y.numpy().argmax(1) for _, y, _ in ds])
+    assert len(labels) == n == 15
+    assert np.bincount(labels, minlength=5).tolist() == [3, 3, 3, 3, 3]
+
+
+def test_training_order_repeats_for_the_same_seed(shapes_folders, make_task):
+    first = [next(iter(make_task(shapes_folders).build_dataset("train", True)[0]))[0].numpy()
+             for _ in range(2)]
+    np.testing.assert_array_equal(first[0], first[1])
+    other = next(iter(make_task(shapes_folders, "seed=1").build_dataset("train", True)[0]))[0].numpy()
+    assert not np.array_equal(first[0], other)
+
+
+def test_corrupt_images_are_skipped_and_reported_by_path(shapes_folders, tmp_path, make_task):
+    root = tmp_path / "data"
+    shutil.copytree(shapes_folders, root)
+    good = sorted((root / "val" / "star").iterdir())[0].read_bytes()
+    truncated = root / "val" / "star" / "truncated.jpg"
+    truncated.write_bytes(good[: len(good) // 3])
+    empty = root / "val" / "circle" / "empty.png"
+    empty.write_bytes(b"")
+    text = root / "val" / "circle" / "notes.jpg"
+    text.write_text("not an image")
+    task = make_task(root)
+    ds, n = task.build_dataset("val", training=False)
+    assert n == 18  # listed
+    weights = np.concatenate([w.numpy() for _, _, w in ds])
+    assert len(weights) == 18 and weights.sum() == 15  # the three bad files count in no metric
+    skipped = SKIPPED.items()
+    for path in (truncated, empty, text):
+        assert str(path) in skipped, path
+    assert "truncated" in skipped[str(truncated)]
+
+
+def test_num_classes_must_match_the_folders(shapes_folders, make_task):
+    task = make_task(shapes_folders, "model.num_classes=3")
+    with pytest.raises(ValueError, match=r"model.num_classes is 3 but the dataset has 5 classes"):
+        task.build_dataset("train", training=True)
+
+
+def test_missing_split_folder_is_a_clear_error(shapes_folders, tmp_path, make_task):
+    task = make_task(shapes_folders, "data.val_split=validation")
+    with pytest.raises(DatasetError, match=r"validation: image folder not found"):
+        task.build_dataset("validation", training=False)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DatasetError, match="no class subfolders"):
+        make_task(tmp_path).class_names
+
+
+def _write_local_tfds(data_dir):
+    import tensorflow_datasets as tfds
+
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3)),
+        "label": tfds.features.ClassLabel(names=["a", "b", "c", "d", "e"])})
+    rng = np.random.default_rng(0)
+
+    def examples(n):
+        return [(str(i), {"image": rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8),
+                          "label": i % 5}) for i in range(n)]
+
+    tfds.dataset_builders.store_as_tfds_dataset(
+        "mv_test_shapes", "1.0.0", features, {"train": examples(16), "validation": examples(7)},
+        data_dir=str(data_dir))
+
+
+def test_tfds_dataset_from_local_data_dir(tmp_path, make_task):
+    _write_local_tfds(tmp_path)
+    task = make_task(tmp_path, **{"data.format": "tfds", "data.synthetic": "null",
+                     "data.tfds.name": "mv_test_shapes", "data.tfds.data_dir": str(tmp_path),
+                     "data.val_split": "validation"})
+    assert task.class_names == ["a", "b", "c", "d", "e"]
+    ds, n = task.build_dataset("validation", training=False)
+    images = np.concatenate([x.numpy() for x, _, _ in ds])
+    assert n == 7 and images.shape == (7, 64, 64, 3)
+    train, _ = task.build_dataset("train", training=True)
+    assert next(iter(train))[0].shape == (8, 64, 64, 3)
+    with pytest.raises(DatasetError, match=r"'mv_test_shapes' has no split 'test'"):
+        task.build_dataset("test", training=False)
+    missing = get_task(mv.load_config(None, ["data.format=tfds", "data.tfds.name=imagenet2012",
+                                            f"data.tfds.data_dir={tmp_path}"]))
+    with pytest.raises(DatasetError, match=r"not prepared in data_dir.*Nothing is downloaded"):
+        missing.class_names
+
+
+def test_predict_writes_annotated_images_and_results(shapes_folders, tmp_path, make_task):
+    task = make_task(shapes_folders)
+    model = task.build_model()
+    paths = [str(p) for p in sorted((shapes_folders / "val" / "square").iterdir())[:2]]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff")
+    results = task.predict(model, paths + [str(bad)], tmp_path / "out", class_names=task.class_names)
+    assert [r["file"] for r in results] == paths + [str(bad)]
+    for r in results[:2]:
+        scores = [p["score"] for p in r["predictions"]]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+        assert abs(sum(scores) - 1.0) < 1e-4
+        assert r["predictions"][0]["class"] in task.class_names
+    assert "broken.jpg" in results[2]["error"]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(f"{p.split('/')[-1].rsplit('.', 1)[0]}.jpg" for p in paths)
+    json.dumps(results)  # serializable as written by `predict`

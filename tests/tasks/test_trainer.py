@@ -1,0 +1,143 @@
+"""The trainer: run directory contents, atomic checkpoints, resume after SIGKILL, NaN stop, and
+the evaluate / predict commands on a trained run."""
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+
+import mobilevision as mv
+from mobilevision.cli import main
+from mobilevision.tasks import get_task
+from mobilevision.tasks.trainer import TrainingError, checkpoint_state, train
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def trained_run(shapes_folders, tiny_overrides, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = mv.load_config("shapes_classifier.yaml",
+                         tiny_overrides(shapes_folders, **{"train.steps_per_epoch": 3}))
+    results = train(cfg, output=out)
+    return cfg, out, results
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_directory_holds_config_checkpoints_metrics_logs_and_plot(trained_run):
+    cfg, out, results = trained_run
+    saved = mv.load_config(out / "config.yaml")
+    assert saved.model.input_size == [64, 64] and saved.train.epochs == 2
+    assert (out / "config.yaml").read_text().startswith(f"# resolved by mobilevision {mv.__version__}")
+    assert (out / "labels.txt").read_text().split() == ["circle", "hexagon", "square", "star", "triangle"]
+    assert checkpoint_state(out / "checkpoints" / "last.weights.h5")["epoch"] == 2
+    best = checkpoint_state(out / "checkpoints" / "best.weights.h5")
+    assert best["monitor"] == "top1" and 0.0 <= best["best"] <= 1.0
+    rows = _rows(out / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"loss", "top1", "top5", "val_loss", "val_top1", "val_top5", "lr"} <= set(rows[0])
+    assert any((out / "logs").rglob("events.out.tfevents.*"))
+    assert (out / "plots" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = json.loads((out / "eval.json").read_text())
+    assert written["top1"] == pytest.approx(results["top1"]) and written["num_examples"] == 15
+    assert written["top1"] == pytest.approx(best["best"], abs=1e-6)  # eval.json is the best epoch
+    assert not list((out / "checkpoints").glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_existing_run_is_kept_unless_resume_or_overwrite(trained_run):
+    cfg, out, _ = trained_run
+    with pytest.raises(TrainingError, match="already holds a training run; pass --resume"):
+        train(cfg, output=out)
+
+
+def test_evaluate_command_prints_metrics_as_last_line(trained_run, capsys):
+    _, out, results = trained_run
+    assert main(["evaluate", "--config", str(out / "config.yaml")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    metrics = json.loads(last)
+    assert metrics["top1"] == pytest.approx(results["top1"], abs=1e-6)
+    assert set(metrics) >= {"top1", "top5", "loss", "num_examples"}
+
+
+def test_predict_command_writes_images_and_json(trained_run, shapes_folders, tmp_path):
+    _, out, _ = trained_run
+    folder = shapes_folders / "val" / "star"
+    assert main(["predict", "--config", str(out / "config.yaml"), "--input", str(folder),
+                 "--output", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "predictions.json").read_text())
+    assert len(results) == 3 and len(list(tmp_path.glob("*.jpg"))) == 3
+    assert all(r["predictions"][0]["class"] in {"circle", "hexagon", "square", "star", "triangle"}
+               for r in results)
+
+
+def test_commands_report_bad_input_without_traceback(capsys, tmp_path):
+    assert main(["train", "--config", "shapes_classifier.yaml", "train.epoch=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.epoch'; did you mean 'train.epochs'" in err and "Traceback" not in err
+    assert main(["predict", "--config", "shapes_classifier.yaml", "--input", str(tmp_path / "x.jpg"),
+                 "--weights", str(tmp_path / "w.h5")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_unwritable_output_fails_before_training(shapes_folders, tiny_overrides, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cfg = mv.load_config("shapes_classifier.yaml", tiny_overrides(shapes_folders))
+    with pytest.raises(TrainingError, match="not writable"):
+        train(cfg, output=blocker / "run")
+
+
+def test_nan_loss_stops_with_a_clear_message(shapes_folders, tiny_overrides, tmp_path):
+    cfg = mv.load_config("shapes_classifier.yaml", tiny_overrides(shapes_folders, **{
+        "train.steps_per_epoch": 3, "train.optimizer.learning_rate": 1e30,
+        "train.lr_schedule.name": "constant", "train.lr_schedule.warmup_epochs": 0}))
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1.*no checkpoint was written"):
+        train(cfg, output=tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints" / "last.weights.h5").exists()
+
+
+def test_resume_after_sigkill_finishes_the_remaining_epochs(shapes_folders, tiny_overrides, tmp_path):
+    out = tmp_path / "run"
+    steps = 6
+    args = [sys.executable, str(SCRIPTS / "train.py"), "--config", "shapes_classifier.yaml",
+            "--output", str(out),
+            *tiny_overrides(shapes_folders, **{"train.epochs": 4, "train.steps_per_epoch": steps})]
+    last = out / "checkpoints" / "last.weights.h5"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if last.exists() and checkpoint_state(last)["epoch"] >= 1:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # well inside epoch 2
+        assert proc.poll() is None, "training ended before it could be killed"
+        proc.kill()  # SIGKILL: no cleanup runs
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = checkpoint_state(last)["epoch"]
+    assert 1 <= killed_at < 4
+    done = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming {out} from epoch {killed_at} of 4" in done.stdout
+    assert checkpoint_state(last)["epoch"] == 4
+    assert [int(r["epoch"]) for r in _rows(out / "metrics.csv")] == [1, 2, 3, 4]
+    # Optimizer state came back too: the step counter covers all four epochs.
+    cfg = mv.load_config(out / "config.yaml")
+    task = get_task(cfg)
+    model = task.build_model()
+    task.compile(model, steps)
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(last)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4 * steps
