@@ -145,8 +145,7 @@ def time_pipeline(ds, batches: int, warmup: int, min_seconds: float = 2.0) -> tu
     start = time.perf_counter()
     images = done = 0
     while done < batches or time.perf_counter() - start < min_seconds:
-        x, _ = next(it)
-        images += int(x.shape[0])
+        images += int(next(it)[0].shape[0])
         done += 1
     return images / (time.perf_counter() - start), done
 
@@ -196,9 +195,10 @@ def as_num_classes(ds, num_classes: int, image_shape):
     the traced train step instead of tracing a second one."""
     import tensorflow as tf
 
-    def relabel(x, y):
+    def relabel(x, y, *rest):  # rest: a sample weight, should the pipeline add one
         x = tf.ensure_shape(x, image_shape)
-        return x, tf.one_hot(tf.argmax(y, axis=-1, output_type=tf.int32) % num_classes, num_classes)
+        y = tf.one_hot(tf.argmax(y, axis=-1, output_type=tf.int32) % num_classes, num_classes)
+        return (x, y, *rest)
 
     return ds.map(relabel)
 

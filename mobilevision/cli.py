@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("profile", "parameters, multiply-adds, peak activation memory, feature taps")
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--layers", action="store_true", help="also print a row per layer")
     return p
 
 
@@ -160,7 +161,7 @@ def _profile(args) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in prof.items() if k != "layers"}))
     else:
-        print(format_profile(prof))
+        print(format_profile(prof, layers=args.layers))
         print("feature taps (name: H x W x C, stride):")
         for name, f in prof["features"].items():
             s = f["shape"]

@@ -14,7 +14,8 @@ def random_resized_crop(image, seed, size, scale=(0.08, 1.0), ratio=(0.75, 4 / 3
         min_object_covered=0.0, aspect_ratio_range=ratio, area_range=scale, max_attempts=10,
         use_image_if_no_bounding_boxes=True)
     crop = tf.slice(image, begin, crop_size)
-    return tf.image.resize(tf.cast(crop, tf.float32), size, method="bilinear", antialias=False)
+    out = tf.image.resize(tf.cast(crop, tf.float32), size, method="bilinear", antialias=False)
+    return tf.ensure_shape(out, [*size, 3])  # a static shape: fit traces the step only once
 
 
 def central_crop_resize(image, size, fraction=0.875):
@@ -22,7 +23,7 @@ def central_crop_resize(image, size, fraction=0.875):
     image = tf.cast(image, tf.float32)
     if fraction < 1.0:
         image = tf.image.central_crop(image, fraction)
-    return tf.image.resize(image, size, method="bilinear", antialias=True)
+    return tf.ensure_shape(tf.image.resize(image, size, method="bilinear", antialias=True), [*size, 3])
 
 
 def random_flip(image, seed):

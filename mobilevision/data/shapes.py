@@ -151,11 +151,14 @@ def _texture(rng, h, w):
     return c0 + t[:, :, None] * (c1 - c0)
 
 
-def _background(rng, h, w):
+def _background(rng, h, w, contrast: float = 1.0):
     image = _texture(rng, h, w)
     if rng.random() < 0.4:
         alpha = rng.uniform(0.2, 0.5)
         image = image * (1 - alpha) + _texture(rng, h, w) * alpha
+    if contrast != 1.0:  # pull the texture towards its mean colour
+        mean = image.reshape(-1, 3).mean(axis=0)
+        image = mean + contrast * (image - mean)
     return image.astype(np.float32)
 
 
@@ -228,6 +231,7 @@ def render_scene(
     min_visible_area: int = 12,
     noise_std=(0.0, 6.0),
     blur_prob: float = 0.25,
+    texture_contrast: float = 1.0,
 ):
     """Render one scene of shapes on a textured background.
 
@@ -244,6 +248,8 @@ def render_scene(
         min_visible_area: objects with fewer visible pixels are dropped from the annotations.
         noise_std: (min, max) standard deviation of the added Gaussian pixel noise.
         blur_prob: probability of a slight Gaussian blur over the whole image.
+        texture_contrast: scales the background texture's deviation from its mean colour
+            (1 = full contrast; smaller makes the shapes easier to tell from the background).
 
     Returns:
         image: (H, W, 3) uint8 RGB.
@@ -256,7 +262,7 @@ def render_scene(
             occluded: bool, whether a later object hides part of it.
     """
     h, w = _hw(size)
-    image = _background(rng, h, w)
+    image = _background(rng, h, w, texture_contrast)
     if class_ids is None:
         count = int(rng.integers(num_objects[0], num_objects[1] + 1))
         class_ids = rng.integers(0, len(SHAPE_CLASSES), size=count)
