@@ -202,7 +202,8 @@ def test_ensure_shapes_caches_and_regenerates(tmp_path, monkeypatch):
     assert ensure_shapes(root, "classification", **params) == root
     before = _files(root)
     manifest = json.loads((root / "shapes.json").read_text())
-    assert manifest["version"] == shapes.SHAPES_VERSION and manifest["params"] == params
+    assert manifest["version"] == shapes.SHAPES_VERSION
+    assert manifest["params"] == {**params, "texture_contrast": 0.3}  # defaults filled in
 
     calls = []
     real = shapes.GENERATORS["classification"]
