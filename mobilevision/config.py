@@ -22,8 +22,8 @@ import yaml
 
 from mobilevision.version import __version__
 
-TASKS = ("classification",)
-DATA_FORMATS = ("folder", "tfds")
+TASKS = ("classification", "detection")
+DATA_FORMATS = ("folder", "tfds", "coco")
 SYNTHETIC = ("shapes",)
 OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "exponential", "cosine")
@@ -71,6 +71,19 @@ SCHEMA: dict[str, Field] = {
     "model.backbone.bn_momentum": Field(0.999, "float", help="BatchNorm moving-average momentum"),
     "model.backbone.trainable": Field(True, "bool"),
     "model.head.dropout": Field(0.2, "float", help="classifier dropout before `predictions`"),
+    # detection head (SSDLite); the reference recipe of ssdlite_mobilenet_v2_coco
+    "model.head.bn_momentum": Field(0.9997, "float", help="BatchNorm momentum in the SSD head"),
+    "model.head.anchors.min_scale": Field(0.2, "float"),
+    "model.head.anchors.max_scale": Field(0.95, "float"),
+    "model.head.anchors.aspect_ratios": Field([1.0, 2.0, 0.5, 3.0, 0.3333], "floats"),
+    "model.head.iou_threshold": Field(0.5, "float", help="anchor matching IoU"),
+    "model.head.loss": Field("softmax", "str", ("softmax", "focal"),
+                             help="softmax with 3:1 hard negative mining, or sigmoid focal"),
+    "model.head.neg_pos_ratio": Field(3.0, "float", help="hard negatives per positive (softmax)"),
+    "model.head.nms_iou": Field(0.6, "float"),
+    "model.head.score_threshold": Field(0.01, "float"),
+    "model.head.max_detections": Field(100, "int"),
+    "model.head.draw_threshold": Field(0.3, "float", help="predict: draw boxes scoring at least"),
     # data
     "data.format": Field("folder", "str", DATA_FORMATS),
     "data.root": Field("data", "path", help="dataset root directory"),
@@ -82,6 +95,10 @@ SCHEMA: dict[str, Field] = {
     "data.shapes.num_val": Field(500, "int"),
     "data.shapes.image_size": Field(96, "int"),
     "data.shapes.seed": Field(0, "int"),
+    "data.coco.images": Field("{split}", "str", help="image folder under data.root"),
+    "data.coco.annotations": Field("annotations/instances_{split}.json", "str"),
+    "data.skip_invalid": Field(False, "bool",
+                               help="skip (and count) bad annotations and missing images"),
     "data.tfds.name": Field(None, "str", nullable=True, help="TFDS dataset name, e.g. imagenet2012"),
     "data.tfds.data_dir": Field(None, "path", nullable=True, help="where the TFDS data is prepared"),
     "data.tfds.image_key": Field("image", "str"),
@@ -90,6 +107,10 @@ SCHEMA: dict[str, Field] = {
     "data.augment.crop_scale": Field([0.08, 1.0], "floats", help="area fraction range of the crop"),
     "data.augment.crop_ratio": Field([0.75, 1.3333], "floats", help="aspect ratio range"),
     "data.augment.flip": Field(True, "bool", help="random horizontal flip"),
+    "data.augment.ssd_crop": Field(True, "bool", help="detection: SSD random crop"),
+    "data.augment.photometric": Field(True, "bool", help="detection: colour distortion"),
+    "data.augment.zoom_out": Field(False, "bool", help="detection: zoom out (SSD expand)"),
+    "data.augment.zoom_out_max": Field(2.0, "float"),
     "data.eval_crop": Field(0.875, "float", help="central crop fraction at evaluation"),
     "data.shuffle_buffer": Field(2048, "int"),
     # train
@@ -353,6 +374,10 @@ def _validate(cfg: Config, source, check_files: bool) -> None:
         raise ConfigError(f"{where}: key 'model.num_classes' must be at least 1")
     if cfg.train.batch_size < 1 or cfg.train.epochs < 0:
         raise ConfigError(f"{where}: 'train.batch_size' must be >= 1 and 'train.epochs' >= 0")
+    if (cfg.task == "detection") != (cfg.data.format == "coco"):
+        raise ConfigError(f"{where}: task '{cfg.task}' does not read data.format "
+                          f"'{cfg.data.format}' (detection reads 'coco'; classification reads "
+                          f"'folder' or 'tfds')")
     if cfg.data.format == "tfds" and not cfg.data.tfds.name:
         raise ConfigError(f"{where}: data.format is 'tfds' but key 'data.tfds.name' is not set")
 

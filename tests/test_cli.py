@@ -43,3 +43,13 @@ def test_profile_script_prints_a_readable_summary():
     out = done.stdout
     assert "params" in out and "MAdds" in out and "peak activations" in out
     assert "block_13_expand_relu" in out and "stride 16" in out
+
+
+def test_profile_coco_ssdlite_matches_paper_table_6(capsys):
+    # PAPER.md: MNet V2 + SSDLite, 320 x 320, 80 classes: 4.3M params, 0.8B MAdds; the reference
+    # build (81 outputs per anchor, 3 anchors on the first map and 6 on the others) 4,387,765.
+    assert main(["profile", "--config", "coco_ssdlite.yaml", "--json"]) == 0
+    prof = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert prof["params"] == 4_387_765
+    assert abs(prof["params"] - 4.3e6) / 4.3e6 < 0.03
+    assert abs(prof["madds"] - 0.8e9) / 0.8e9 < 0.05

@@ -2,8 +2,9 @@
 
 from mobilevision.tasks.base import Task, build_backbone
 from mobilevision.tasks.classification import ClassificationTask
+from mobilevision.tasks.detection import DetectionTask
 
-TASKS = {"classification": ClassificationTask}
+TASKS = {"classification": ClassificationTask, "detection": DetectionTask}
 
 
 def get_task(cfg) -> Task:

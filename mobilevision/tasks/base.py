@@ -41,6 +41,7 @@ class Task:
     name = ""
     monitor = ""
     monitor_mode = "max"
+    fit_validation = True  # pass the validation split to fit (else callbacks() evaluates)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -72,6 +73,14 @@ class Task:
     def predict(self, model: keras.Model, paths: list[str], out_dir) -> list[dict]:
         """Run on image files, write annotated images into out_dir, return one result per file."""
         raise NotImplementedError
+
+    def callbacks(self, run_dir) -> list:
+        """Extra callbacks, run before the checkpoint callback reads the epoch's logs."""
+        return []
+
+    def steps_per_epoch(self, num_examples: int) -> int:
+        b = self.cfg.train.batch_size
+        return max(1, num_examples // b)
 
     def prepare_data(self) -> None:
         """Generate synthetic data on first use (configs with `data.synthetic`)."""

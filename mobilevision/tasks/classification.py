@@ -139,10 +139,6 @@ class ClassificationTask(Task):
             ds = ds.batch(cfg.train.batch_size)
         return ds.prefetch(AUTOTUNE).with_options(options()), n
 
-    def steps_per_epoch(self, num_examples: int) -> int:
-        b = self.cfg.train.batch_size
-        return max(1, num_examples // b if num_examples >= b else 1)
-
     # Evaluation and prediction -------------------------------------------------------------------
     def evaluate(self, model, split):
         from mobilevision.data.skips import SKIPPED

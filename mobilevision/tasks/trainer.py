@@ -249,7 +249,7 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     task = get_task(cfg)
     task.prepare_data()
     train_ds, n_train = task.build_dataset(cfg.data.train_split, training=True)
-    val_ds, _ = task.build_dataset(cfg.data.val_split, training=False)
+    val_ds = task.build_dataset(cfg.data.val_split, training=False)[0] if task.fit_validation else None
     names = getattr(task, "class_names", None)
     if names:
         atomic_write_text(run / "labels.txt", "\n".join(names) + "\n")
@@ -272,6 +272,7 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     guard = NaNGuard()
     callbacks = [
         guard,
+        *task.callbacks(run),
         AtomicCheckpoint(ckpt_dir, task.monitor, task.monitor_mode, best, guard),
         MetricsLog(run / "metrics.csv", initial_epoch, guard),
         SkipReport(),

@@ -1,0 +1,223 @@
+"""COCO box evaluation: pycocotools `COCOeval` (bbox) behind a small, quiet interface.
+
+    evaluator = CocoEvaluator("data/coco/annotations/instances_val2017.json")   # GT loaded once
+    metrics = evaluator.evaluate(detections)           # every epoch; or coco_detection_metrics(...)
+    metrics["AP"], metrics["AP50"], metrics["per_class_AP"]["person"], metrics["summary_text"]
+
+Detections are in the COCO results format: {"image_id", "category_id" (the dataset's own ids),
+"bbox" [x, y, w, h] in original image pixels, "score"}; `detections_to_coco` makes them from the
+detector's post-processed output (normalized [ymin, xmin, ymax, xmax], contiguous labels 1..K).
+
+The -1 convention: a number is -1 exactly when COCOeval has nothing to average — no non-crowd
+ground truth in that area range (e.g. `APs` on a dataset without small objects) or, in
+`per_class_AP`, for that category. It is not a score; treat it as "not applicable". A category or
+area range that has ground truth but no detections scores 0.0, so an epoch without any
+detection gives 0.0 for every applicable number (and the same -1s as any other epoch, so logged
+columns keep their meaning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+
+import numpy as np
+
+# COCOeval.stats, in its order.
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
+                "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _quiet(fn, *args, **kwargs):
+    """Run fn with its stdout captured (pycocotools prints progress); return (result, text)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        result = fn(*args, **kwargs)
+    return result, buffer.getvalue()
+
+
+def _load_ground_truth(annotation_file):
+    """A pycocotools COCO from a path or an already parsed instances dict.
+
+    Annotations lacking the fields COCOeval reads are completed on a copy: `area` from the box
+    (w * h), `iscrowd` 0, `id` unique.
+    """
+    from pycocotools.coco import COCO
+
+    if isinstance(annotation_file, dict):
+        dataset = copy.deepcopy(annotation_file)
+        source = "<dict>"
+    else:
+        source = os.fspath(annotation_file)
+        try:
+            with open(source, encoding="utf-8") as f:
+                dataset = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{source}: annotation file not found") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise ValueError(f"{source}: expected a COCO instances file with a list under '{key}'")
+    next_id = 1 + max((a["id"] for a in dataset["annotations"] if "id" in a), default=0)
+    for ann in dataset["annotations"]:
+        if "id" not in ann:
+            ann["id"], next_id = next_id, next_id + 1
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+    coco = COCO()
+    coco.dataset = dataset
+    _quiet(coco.createIndex)
+    return coco, source
+
+
+class CocoEvaluator:
+    """Ground truth loaded once; `evaluate` many times (e.g. every N epochs)."""
+
+    def __init__(self, annotation_file):
+        """annotation_file: path to a COCO instances JSON, or the parsed dict."""
+        self.coco_gt, self.annotation_file = _load_ground_truth(annotation_file)
+        self.category_ids = sorted(self.coco_gt.getCatIds())
+        self.image_ids = sorted(self.coco_gt.getImgIds())
+        self.category_names = {cid: str(self.coco_gt.cats[cid].get("name", cid))
+                               for cid in self.category_ids}
+
+    def _check_detections(self, detections, image_ids) -> list[dict]:
+        """Validated plain-Python copies (loadRes mutates its input) of the detections on
+        `image_ids`; detections on other images of the ground truth are left out."""
+        known_images = set(self.coco_gt.imgs)
+        known_cats = set(self.category_ids)
+        out = []
+        for i, d in enumerate(detections):
+            try:
+                image_id, category_id = int(d["image_id"]), int(d["category_id"])
+                bbox = [float(v) for v in d["bbox"]]
+                score = float(d["score"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"detection {i} {d!r:.120}: needs image_id, category_id, "
+                                 f"bbox [x, y, w, h] and score") from None
+            if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox + [score]):
+                raise ValueError(f"detection {i}: bbox must be 4 finite numbers and score finite, "
+                                 f"got bbox={d['bbox']!r}, score={d['score']!r}")
+            if image_id not in known_images:
+                raise ValueError(f"detection {i}: image_id {image_id} is not in "
+                                 f"{self.annotation_file}")
+            if category_id not in known_cats:
+                raise ValueError(f"detection {i}: category_id {category_id} is not among the "
+                                 f"dataset's categories {self.category_ids[:10]}"
+                                 f"{'...' if len(known_cats) > 10 else ''} (contiguous training "
+                                 f"labels must be mapped back; see detections_to_coco)")
+            if image_id in image_ids:
+                out.append({"image_id": image_id, "category_id": category_id, "bbox": bbox,
+                            "score": score})
+        return out
+
+    def _empty_results(self):
+        """What loadRes would build for no detections (loadRes itself fails on [])."""
+        from pycocotools.coco import COCO
+
+        res = COCO()
+        res.dataset = {"images": list(self.coco_gt.dataset["images"]),
+                       "categories": copy.deepcopy(self.coco_gt.dataset["categories"]),
+                       "annotations": []}
+        _quiet(res.createIndex)
+        return res
+
+    def evaluate(self, detections, image_ids=None) -> dict:
+        """Run COCOeval (bbox) on `detections` (COCO results format, see the module docstring).
+
+        image_ids: evaluate only these images (all of the ground truth's when None); detections
+            on other images are ignored.
+
+        Returns a dict: the twelve COCO numbers (METRIC_NAMES, floats, -1 = not applicable),
+        per_class_AP {category name: AP@[.50:.95], area all, maxDets 100, -1 = no ground truth},
+        num_images, num_detections (those evaluated) and summary_text (COCOeval's 12-line summary).
+        """
+        from pycocotools.cocoeval import COCOeval
+
+        if image_ids is None:
+            image_ids = self.image_ids
+        else:
+            image_ids = sorted({int(i) for i in image_ids})
+            if not image_ids:
+                raise ValueError("image_ids is empty: there is nothing to evaluate")
+            unknown = [i for i in image_ids if i not in self.coco_gt.imgs]
+            if unknown:
+                raise ValueError(f"image_ids {unknown[:10]} are not in {self.annotation_file}")
+        dets = self._check_detections(detections, set(image_ids))
+        if dets:
+            coco_dt, _ = _quiet(self.coco_gt.loadRes, dets)
+        else:
+            coco_dt = self._empty_results()
+
+        coco_eval = COCOeval(self.coco_gt, coco_dt, iouType="bbox")
+        coco_eval.params.imgIds = image_ids
+        _quiet(coco_eval.evaluate)
+        _quiet(coco_eval.accumulate)
+        _, summary = _quiet(coco_eval.summarize)
+
+        metrics = {name: float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats)}
+        metrics["per_class_AP"] = self._per_class_ap(coco_eval)
+        metrics["num_images"] = len(image_ids)
+        metrics["num_detections"] = len(dets)
+        metrics["summary_text"] = summary.rstrip("\n")
+        return metrics
+
+    def _per_class_ap(self, coco_eval) -> dict:
+        # precision: [T iou thresholds, R recall thresholds, K categories, A areas, M maxDets],
+        # -1 where a category has no ground truth. Area index 0 is 'all', maxDets[-1] is 100.
+        precision = coco_eval.eval["precision"]
+        per_class = {}
+        for k, cid in enumerate(coco_eval.params.catIds):
+            p = precision[:, :, k, 0, -1]
+            p = p[p > -1]
+            name = self.category_names[cid]
+            if name in per_class:           # duplicate names: keep both, tell them apart
+                name = f"{name} ({cid})"
+            per_class[name] = float(np.mean(p)) if p.size else -1.0
+        return per_class
+
+
+def coco_detection_metrics(annotation_file, detections, image_ids=None) -> dict:
+    """COCO bbox metrics of `detections` against `annotation_file`; see CocoEvaluator.evaluate.
+    Loads the ground truth each call: for repeated evaluation keep a CocoEvaluator."""
+    return CocoEvaluator(annotation_file).evaluate(detections, image_ids)
+
+
+def detections_to_coco(image_id, boxes, scores, labels, width, height, category_ids) -> list[dict]:
+    """One image's post-processed detections -> COCO results dicts.
+
+    Args:
+        image_id: the dataset's image id.
+        boxes: (D, 4) [ymin, xmin, ymax, xmax] normalized to 0..1 (clipped to the image here).
+        scores: (D,). Rows with score <= 0 or label 0 are padding and are dropped.
+        labels: (D,) contiguous training labels 1..K.
+        width, height: the original image size in pixels.
+        category_ids: the dataset's category ids; label i <-> category_ids[i - 1]
+            (CocoDataset.category_ids).
+
+    Returns:
+        list of {"image_id", "category_id", "bbox" [x, y, w, h] in pixels, "score"}.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if not (len(boxes) == len(scores) == len(labels)):
+        raise ValueError(f"boxes, scores and labels disagree in length: "
+                         f"{len(boxes)}, {len(scores)}, {len(labels)}")
+    keep = (scores > 0) & (labels > 0)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if labels.size and labels.max() > len(category_ids):
+        raise ValueError(f"label {labels.max()} is out of range: there are "
+                         f"{len(category_ids)} categories (labels 1..{len(category_ids)})")
+    boxes = np.clip(boxes, 0.0, 1.0) * np.array([height, width, height, width], np.float64)
+    cats = np.asarray(category_ids, np.int64)[labels - 1] if labels.size else labels
+    return [{"image_id": int(image_id), "category_id": int(c),
+             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(s)}
+            for (y0, x0, y1, x1), s, c in zip(boxes, scores, cats)]
+
+
+__all__ = ["METRIC_NAMES", "CocoEvaluator", "coco_detection_metrics", "detections_to_coco"]

@@ -1,0 +1,286 @@
+"""Object detection: MobileNetV2 + SSDLite, anchors matched in the input pipeline, COCO mAP.
+
+Model outputs raw tensors ({"boxes": (N, A, 4) box-coder codes, "classes": (N, A, K+1)
+logits}); target encoding happens in tf.data; decoding and per-class NMS in `postprocess`.
+Boxes inside the pipeline are [ymin, xmin, ymax, xmax] normalized to the image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mobilevision.heads.ssdlite import FEATURE_NAMES, feature_map_sizes, ssdlite_head
+from mobilevision.ops import anchors as anchor_ops
+from mobilevision.tasks.base import Task, build_backbone, kernel_weight_decay
+from mobilevision.tasks.optim import build_optimizer
+
+# ssd_random_crop of the TF OD API: one of these minimum object coverages per example.
+MIN_OBJECT_COVERED = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="mobilevision")
+class SSDModel(keras.Model):
+    """The functional detector (`SSDModel(image, {"boxes": ..., "classes": ...})`) whose loss
+    sees both outputs at once: the class targets pick the anchors whose boxes are trained, which
+    a per-output `compile(loss=...)` cannot express."""
+
+    ssd_loss = None
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = self.ssd_loss(y, y_pred, sample_weight)
+        return loss + keras.ops.sum(self.losses) if self.losses else loss  # + weight decay
+
+
+class DetectionTask(Task):
+    name = "detection"
+    monitor = "AP"
+    monitor_mode = "max"
+    fit_validation = False  # COCOeval runs in CocoEvalCallback instead
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._datasets = {}
+        self._evaluators = {}
+
+    # Anchors and model -------------------------------------------------------------------------
+    @property
+    def feature_sizes(self):
+        return feature_map_sizes(tuple(self.cfg.model.input_size))
+
+    def anchors(self) -> np.ndarray:
+        """(A, 4) anchors in the order of the head's outputs."""
+        a = self.cfg.model.head.anchors
+        h, w = self.cfg.model.input_size
+        return anchor_ops.ssd_anchors(self.feature_sizes, a.min_scale, a.max_scale,
+                                      tuple(a.aspect_ratios), image_size=(h, w))
+
+    def num_anchors(self) -> list[int]:
+        a = self.cfg.model.head.anchors
+        return anchor_ops.num_anchors_per_location(len(self.feature_sizes), tuple(a.aspect_ratios))
+
+    def _build_model(self) -> keras.Model:
+        cfg = self.cfg
+        backbone = build_backbone(cfg, taps=list(FEATURE_NAMES))
+        image = keras.Input(shape=(*cfg.model.input_size, 3), name="image")
+        outputs, _ = ssdlite_head(backbone(image), cfg.model.num_classes, self.num_anchors(),
+                                  depth_multiplier=cfg.model.backbone.alpha,
+                                  bn_momentum=cfg.model.head.bn_momentum,
+                                  weight_decay=kernel_weight_decay(cfg))
+        return SSDModel(image, outputs, name=f"{cfg.model.backbone.name}_ssdlite")
+
+    def compile(self, model, steps_per_epoch):
+        from mobilevision.tasks.detection_loss import SSDLoss
+
+        h = self.cfg.model.head
+        model.ssd_loss = SSDLoss(classification=h.loss, negative_ratio=h.neg_pos_ratio)
+        model.compile(optimizer=build_optimizer(self.cfg, steps_per_epoch), loss=None)
+
+    # Data --------------------------------------------------------------------------------------
+    def prepare_data(self):
+        d = self.cfg.data
+        if d.synthetic == "shapes":
+            from mobilevision.data.shapes import ensure_shapes
+
+            ensure_shapes(d.root, "detection", num_train=d.shapes.num_train,
+                          num_val=d.shapes.num_val, image_size=d.shapes.image_size,
+                          seed=d.shapes.seed)
+
+    def coco(self, split: str):
+        """The parsed COCO split (cached)."""
+        if split not in self._datasets:
+            from mobilevision.data.coco import read_coco
+
+            d = self.cfg.data
+            root = Path(d.root)
+            ds = read_coco(root / d.coco.annotations.format(split=split),
+                           root / d.coco.images.format(split=split), skip_invalid=d.skip_invalid)
+            if ds.num_classes != self.cfg.model.num_classes:
+                raise ValueError(f"{self.cfg.get('_source') or 'config'}: model.num_classes is "
+                                 f"{self.cfg.model.num_classes} but {ds.annotation_file} has "
+                                 f"{ds.num_classes} categories")
+            self._datasets[split] = ds
+        return self._datasets[split]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.coco(self.cfg.data.train_split).category_names
+
+    def build_dataset(self, split: str, training: bool):
+        """Training: (images (B, H, W, 3) float32 0..255, {"boxes": (B, A, 4), "classes": (B, A)}).
+        Evaluation: (images, image indices (B,)) in record order, for `evaluate`."""
+        import tensorflow as tf
+
+        from mobilevision.data import detection_augment as aug
+        from mobilevision.data.pipeline import AUTOTUNE, decode_file, options, with_seeds
+        from mobilevision.ops.matcher import encode_targets
+
+        cfg, d = self.cfg, self.cfg.data
+        size = tuple(cfg.model.input_size)
+        records = self.coco(split).records
+        n = len(records)
+        lengths = [len(r.boxes) for r in records]
+        flat = lambda key, dt, shape: np.concatenate(  # noqa: E731
+            [getattr(r, key).astype(dt).reshape(shape) for r in records]) if n else np.zeros(shape, dt)
+        boxes = tf.RaggedTensor.from_row_lengths(flat("boxes", np.float32, (-1, 4)), lengths)
+        labels = tf.RaggedTensor.from_row_lengths(flat("labels", np.int32, (-1,)), lengths)
+        crowd = tf.RaggedTensor.from_row_lengths(flat("iscrowd", bool, (-1,)), lengths)
+        ds = tf.data.Dataset.from_tensor_slices({
+            "path": [r.path for r in records], "index": np.arange(n, dtype=np.int32),
+            "boxes": boxes, "labels": labels, "crowd": crowd})
+        if not training:
+            def load_eval(ex):
+                image, ok = decode_file(ex["path"])
+                image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+                return tf.ensure_shape(image, [*size, 3]), ex["index"], tf.cast(ok, tf.float32)
+
+            ds = ds.map(load_eval, num_parallel_calls=AUTOTUNE).batch(cfg.train.batch_size)
+            return ds.prefetch(AUTOTUNE).with_options(options()), n
+
+        anchors = tf.constant(self.anchors())
+        a = d.augment
+        ds = ds.shuffle(max(n, 1), seed=cfg.seed, reshuffle_each_iteration=True)
+
+        def load(ex):
+            image, ok = decode_file(ex["path"])
+            return image, ex["boxes"], ex["labels"], ex["crowd"], ok
+
+        ds = ds.map(load, num_parallel_calls=AUTOTUNE).filter(lambda i, b, l, c, ok: ok)
+
+        def train_map(example, seed):
+            image, boxes, labels, crowd, _ = example
+            image = tf.cast(image, tf.float32)
+            seeds = tf.random.experimental.stateless_split(seed, 6)
+            if a.photometric:
+                image = aug.photometric(image, seeds[0])
+            if a.zoom_out:
+                image, boxes = aug.zoom_out(image, boxes, seeds[1], a.zoom_out_max)
+            if a.ssd_crop:
+                image, boxes, labels, crowd = aug.ssd_random_crop(
+                    image, boxes, labels, crowd, seeds[2], MIN_OBJECT_COVERED)
+            if a.flip:
+                image, boxes = aug.random_flip(image, boxes, seeds[3])
+            image = tf.image.resize(image, size, method="bilinear")
+            box_t, cls_t = encode_targets(anchors, boxes, labels, gt_ignore=crowd,
+                                          iou_threshold=cfg.model.head.iou_threshold)
+            return tf.ensure_shape(image, [*size, 3]), {"boxes": box_t, "classes": cls_t}
+
+        ds = with_seeds(ds, cfg.seed).map(train_map, num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(cfg.train.batch_size, drop_remainder=n >= cfg.train.batch_size)
+        return ds.prefetch(AUTOTUNE).with_options(options()), n
+
+    # Post-processing, evaluation, prediction -----------------------------------------------------
+    def postprocess(self, outputs):
+        """Raw outputs -> (boxes (B, D, 4) normalized yxyx, scores (B, D), labels (B, D) 1..K,
+        counts (B,)), after decoding and per-class NMS (IoU, score threshold and max detections
+        from `model.head.*`)."""
+        from mobilevision.ops import box_coder
+        from mobilevision.ops.boxes import clip_boxes
+        from mobilevision.ops.nms import multiclass_nms
+
+        h = self.cfg.model.head
+        boxes = clip_boxes(box_coder.decode(np.asarray(outputs["boxes"]), self.anchors()))
+        logits = np.asarray(outputs["classes"], np.float32)
+        if h.loss == "focal":
+            scores = 1.0 / (1.0 + np.exp(-logits[..., 1:]))
+        else:
+            e = np.exp(logits - logits.max(-1, keepdims=True))
+            scores = (e / e.sum(-1, keepdims=True))[..., 1:]
+        out = multiclass_nms(boxes, scores, iou_threshold=h.nms_iou,
+                             score_threshold=h.score_threshold, max_detections=h.max_detections)
+        return tuple(np.asarray(t) for t in out)
+
+    def detect(self, model, split: str) -> list[dict]:
+        """Run on a split; COCO-results dicts in the dataset's category ids and original pixels."""
+        from mobilevision.tasks.coco_eval import detections_to_coco
+
+        coco = self.coco(split)
+        ds, _ = self.build_dataset(split, training=False)
+        results = []
+        for images, indices, ok in ds:
+            boxes, scores, labels, counts = self.postprocess(model.predict_on_batch(images))
+            for i, index in enumerate(indices.numpy()):
+                if not ok[i]:
+                    continue
+                r = coco.records[index]
+                c = int(counts[i])
+                results += detections_to_coco(r.image_id, boxes[i, :c], scores[i, :c],
+                                              labels[i, :c], r.width, r.height, coco.category_ids)
+        return results
+
+    def evaluate(self, model, split):
+        from mobilevision.data.skips import SKIPPED
+        from mobilevision.tasks.coco_eval import CocoEvaluator
+
+        coco = self.coco(split)
+        if split not in self._evaluators:
+            self._evaluators[split] = CocoEvaluator(coco.annotation_file)
+        before = len(SKIPPED)
+        detections = self.detect(model, split)
+        image_ids = [r.image_id for r in coco.records]
+        metrics = self._evaluators[split].evaluate(detections, image_ids=image_ids)
+        metrics.pop("summary_text", None)
+        metrics.update({"split": split, "num_examples": len(image_ids) - (len(SKIPPED) - before),
+                        "dropped_boxes": dict(coco.dropped), "clipped_boxes": coco.clipped,
+                        "skipped_annotations": coco.skipped})
+        return metrics
+
+    def callbacks(self, run_dir):
+        """Evaluate with COCOeval every `train.eval_every` epochs and put `val_AP` etc. into the
+        epoch's logs (before the checkpoint callback reads them)."""
+        return [CocoEvalCallback(self, self.cfg.data.val_split, self.cfg.train.eval_every)]
+
+    def predict(self, model, paths, out_dir, class_names=None):
+        """Detect on image files; write `<stem>.jpg` with boxes drawn and return COCO-style
+        results per image (bbox [x, y, w, h] in the image's pixels)."""
+        import cv2
+        import tensorflow as tf
+
+        from mobilevision.data.decode import ImageDecodeError, read_image
+
+        names = class_names or self.class_names
+        size = tuple(self.cfg.model.input_size)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results = []
+        for path in paths:
+            try:
+                image = read_image(path)
+            except ImageDecodeError as e:
+                results.append({"file": str(path), "error": str(e)})
+                continue
+            h, w = image.shape[:2]
+            x = tf.image.resize(tf.cast(image, tf.float32), size)[None]
+            boxes, scores, labels, counts = self.postprocess(model.predict_on_batch(x))
+            canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            dets = []
+            for box, score, label in zip(boxes[0, :counts[0]], scores[0, :counts[0]], labels[0, :counts[0]]):
+                y0, x0, y1, x1 = box * [h, w, h, w]
+                name = names[int(label) - 1]
+                dets.append({"class": name, "label": int(label), "score": float(score),
+                             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
+                if score >= self.cfg.model.head.draw_threshold:
+                    p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))
+                    cv2.rectangle(canvas, p0, p1, (0, 255, 0), 1)
+                    cv2.putText(canvas, f"{name} {score:.2f}", (p0[0], max(10, p0[1] - 3)),
+                                cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 255, 0), 1, cv2.LINE_AA)
+            cv2.imwrite(str(out_dir / f"{Path(path).stem}.jpg"), canvas)
+            results.append({"file": str(path), "detections": dets})
+        return results
+
+
+class CocoEvalCallback(keras.callbacks.Callback):
+    def __init__(self, task: DetectionTask, split: str, every: int):
+        super().__init__()
+        self.task, self.split, self.every = task, split, max(1, every)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or (epoch + 1) % self.every:
+            return
+        metrics = self.task.evaluate(self.model, self.split)
+        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
+            logs[f"val_{key}"] = float(metrics[key])
+        print(json.dumps({f"val_{k}": round(float(metrics[k]), 4) for k in ("AP", "AP50", "AP75")}))
