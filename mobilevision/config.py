@@ -374,10 +374,10 @@ def _validate(cfg: Config, source, check_files: bool) -> None:
         raise ConfigError(f"{where}: key 'model.num_classes' must be at least 1")
     if cfg.train.batch_size < 1 or cfg.train.epochs < 0:
         raise ConfigError(f"{where}: 'train.batch_size' must be >= 1 and 'train.epochs' >= 0")
-    if (cfg.task == "detection") != (cfg.data.format == "coco"):
+    readable = {"classification": ("folder", "tfds"), "detection": ("coco", "tfds")}
+    if cfg.data.format not in readable[cfg.task]:
         raise ConfigError(f"{where}: task '{cfg.task}' does not read data.format "
-                          f"'{cfg.data.format}' (detection reads 'coco'; classification reads "
-                          f"'folder' or 'tfds')")
+                          f"'{cfg.data.format}'; it reads {' or '.join(readable[cfg.task])}")
     if cfg.data.format == "tfds" and not cfg.data.tfds.name:
         raise ConfigError(f"{where}: data.format is 'tfds' but key 'data.tfds.name' is not set")
 

@@ -66,8 +66,9 @@ class Task:
     def compile(self, model: keras.Model, steps_per_epoch: int) -> None:
         raise NotImplementedError
 
-    def evaluate(self, model: keras.Model, split: str) -> dict:
-        """Metrics on a split as a flat dict of floats (written to eval.json)."""
+    def evaluate(self, model: keras.Model, split: str, out_dir=None) -> dict:
+        """Metrics on a split as a dict (written to eval.json); out_dir receives per-example
+        results where the task writes any."""
         raise NotImplementedError
 
     def predict(self, model: keras.Model, paths: list[str], out_dir) -> list[dict]:

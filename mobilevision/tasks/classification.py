@@ -140,7 +140,7 @@ class ClassificationTask(Task):
         return ds.prefetch(AUTOTUNE).with_options(options()), n
 
     # Evaluation and prediction -------------------------------------------------------------------
-    def evaluate(self, model, split):
+    def evaluate(self, model, split, out_dir=None):
         from mobilevision.data.skips import SKIPPED
 
         ds, n = self.build_dataset(split, training=False)

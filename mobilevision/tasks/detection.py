@@ -45,6 +45,7 @@ class DetectionTask(Task):
         super().__init__(cfg)
         self._datasets = {}
         self._evaluators = {}
+        self._tfds = {}
 
     # Anchors and model -------------------------------------------------------------------------
     @property
@@ -90,17 +91,26 @@ class DetectionTask(Task):
                           seed=d.shapes.seed)
 
     def coco(self, split: str):
-        """The parsed COCO split (cached)."""
+        """The parsed split (cached): a CocoDataset of per-image box records."""
         if split not in self._datasets:
-            from mobilevision.data.coco import read_coco
-
             d = self.cfg.data
-            root = Path(d.root)
-            ds = read_coco(root / d.coco.annotations.format(split=split),
-                           root / d.coco.images.format(split=split), skip_invalid=d.skip_invalid)
+            if d.format == "tfds":
+                from mobilevision.data.tfds_detection import tfds_detection
+
+                self._tfds[split], ds = tfds_detection(d.tfds.name, split, d.tfds.data_dir,
+                                                       image_key=d.tfds.image_key)
+                source = f"TFDS {d.tfds.name} split {split}"
+            else:
+                from mobilevision.data.coco import read_coco
+
+                root = Path(d.root)
+                ds = read_coco(root / d.coco.annotations.format(split=split),
+                               root / d.coco.images.format(split=split),
+                               skip_invalid=d.skip_invalid)
+                source = ds.annotation_file
             if ds.num_classes != self.cfg.model.num_classes:
                 raise ValueError(f"{self.cfg.get('_source') or 'config'}: model.num_classes is "
-                                 f"{self.cfg.model.num_classes} but {ds.annotation_file} has "
+                                 f"{self.cfg.model.num_classes} but {source} has "
                                  f"{ds.num_classes} categories")
             self._datasets[split] = ds
         return self._datasets[split]
@@ -122,36 +132,47 @@ class DetectionTask(Task):
         size = tuple(cfg.model.input_size)
         records = self.coco(split).records
         n = len(records)
-        lengths = [len(r.boxes) for r in records]
-        flat = lambda key, dt, shape: np.concatenate(  # noqa: E731
-            [getattr(r, key).astype(dt).reshape(shape) for r in records]) if n else np.zeros(shape, dt)
-        boxes = tf.RaggedTensor.from_row_lengths(flat("boxes", np.float32, (-1, 4)), lengths)
-        labels = tf.RaggedTensor.from_row_lengths(flat("labels", np.int32, (-1,)), lengths)
-        crowd = tf.RaggedTensor.from_row_lengths(flat("iscrowd", bool, (-1,)), lengths)
-        ds = tf.data.Dataset.from_tensor_slices({
-            "path": [r.path for r in records], "index": np.arange(n, dtype=np.int32),
-            "boxes": boxes, "labels": labels, "crowd": crowd})
-        if not training:
-            def load_eval(ex):
-                image, ok = decode_file(ex["path"])
-                image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
-                return tf.ensure_shape(image, [*size, 3]), ex["index"], tf.cast(ok, tf.float32)
+        if d.format == "tfds":
+            # (image, boxes, labels 1..K, crowd, ok) straight from the TFDS examples.
+            def load(index, ex):
+                objects = ex["objects"]
+                return (ex[d.tfds.image_key], objects["bbox"], tf.cast(objects["label"], tf.int32) + 1,
+                        objects["is_crowd"], tf.constant(True), tf.cast(index, tf.int32))
 
-            ds = ds.map(load_eval, num_parallel_calls=AUTOTUNE).batch(cfg.train.batch_size)
+            ds = self._tfds[split].enumerate().map(load, num_parallel_calls=AUTOTUNE)
+        else:
+            lengths = [len(r.boxes) for r in records]
+            flat = lambda key, dt, shape: np.concatenate(  # noqa: E731
+                [getattr(r, key).astype(dt).reshape(shape) for r in records]) if n else np.zeros(shape, dt)
+            ds = tf.data.Dataset.from_tensor_slices({
+                "path": [r.path for r in records], "index": np.arange(n, dtype=np.int32),
+                "boxes": tf.RaggedTensor.from_row_lengths(flat("boxes", np.float32, (-1, 4)), lengths),
+                "labels": tf.RaggedTensor.from_row_lengths(flat("labels", np.int32, (-1,)), lengths),
+                "crowd": tf.RaggedTensor.from_row_lengths(flat("iscrowd", bool, (-1,)), lengths)})
+
+            def load(ex):
+                image, ok = decode_file(ex["path"])
+                return image, ex["boxes"], ex["labels"], ex["crowd"], ok, ex["index"]
+
+            if training:
+                ds = ds.shuffle(max(n, 1), seed=cfg.seed, reshuffle_each_iteration=True)
+            ds = ds.map(load, num_parallel_calls=AUTOTUNE)
+        if not training:
+            def eval_map(image, boxes, labels, crowd, ok, index):
+                image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+                return tf.ensure_shape(image, [*size, 3]), index, tf.cast(ok, tf.float32)
+
+            ds = ds.map(eval_map, num_parallel_calls=AUTOTUNE).batch(cfg.train.batch_size)
             return ds.prefetch(AUTOTUNE).with_options(options()), n
 
         anchors = tf.constant(self.anchors())
         a = d.augment
-        ds = ds.shuffle(max(n, 1), seed=cfg.seed, reshuffle_each_iteration=True)
-
-        def load(ex):
-            image, ok = decode_file(ex["path"])
-            return image, ex["boxes"], ex["labels"], ex["crowd"], ok
-
-        ds = ds.map(load, num_parallel_calls=AUTOTUNE).filter(lambda i, b, l, c, ok: ok)
+        if d.format == "tfds":
+            ds = ds.shuffle(min(max(n, 1), d.shuffle_buffer), seed=cfg.seed, reshuffle_each_iteration=True)
+        ds = ds.filter(lambda i, b, l, c, ok, index: ok)
 
         def train_map(example, seed):
-            image, boxes, labels, crowd, _ = example
+            image, boxes, labels, crowd, _, _ = example
             image = tf.cast(image, tf.float32)
             seeds = tf.random.experimental.stateless_split(seed, 6)
             if a.photometric:
@@ -211,15 +232,20 @@ class DetectionTask(Task):
                                               labels[i, :c], r.width, r.height, coco.category_ids)
         return results
 
-    def evaluate(self, model, split):
+    def evaluate(self, model, split, out_dir=None):
+        """COCOeval bbox metrics on `split`; with out_dir, also writes the detections there as
+        COCO results (`detections_<split>.json`, the dataset's category ids, original pixels)."""
         from mobilevision.data.skips import SKIPPED
         from mobilevision.tasks.coco_eval import CocoEvaluator
+        from mobilevision.utils import atomic_write_json
 
         coco = self.coco(split)
         if split not in self._evaluators:
             self._evaluators[split] = CocoEvaluator(coco.annotation_file)
         before = len(SKIPPED)
         detections = self.detect(model, split)
+        if out_dir is not None:
+            atomic_write_json(Path(out_dir) / f"detections_{split}.json", detections)
         image_ids = [r.image_id for r in coco.records]
         metrics = self._evaluators[split].evaluate(detections, image_ids=image_ids)
         metrics.pop("summary_text", None)

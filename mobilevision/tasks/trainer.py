@@ -324,7 +324,7 @@ def evaluate_run(cfg, run: Path, *, weights=None, task=None, model=None, split=N
     elif not cfg.model.weights:
         print("warning: evaluating an untrained model (no checkpoint and no model.weights)",
               file=sys.stderr)
-    results = task.evaluate(model, split)
+    results = task.evaluate(model, split, out_dir=run)
     results["weights"] = str(weights or cfg.model.weights)
     results["skipped_files"] = SKIPPED.items()
     report_skips()

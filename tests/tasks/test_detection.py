@@ -128,3 +128,49 @@ def test_short_training_run_writes_coco_metrics(shapes_det, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"] and "val_AP" in rows[0] and "val_AP50" in rows[0]
     assert checkpoint_state(tmp_path / "run" / "checkpoints" / "best.weights.h5")["monitor"] == "AP"
+
+
+def _write_tfds_coco(data_dir, coco_dataset):
+    """A TFDS dataset with the features of TFDS `coco/2017`, made from the shapes records."""
+    import tensorflow_datasets as tfds
+
+    from mobilevision.data.decode import read_image
+
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "image/id": np.int64,
+        "objects": tfds.features.Sequence({
+            "bbox": tfds.features.BBoxFeature(), "is_crowd": np.bool_, "area": np.int64,
+            "label": tfds.features.ClassLabel(names=coco_dataset.category_names)})})
+
+    def examples(records):
+        for r in records:
+            yield str(r.image_id), {
+                "image": read_image(r.path), "image/id": r.image_id,
+                "objects": {"bbox": r.boxes, "is_crowd": r.iscrowd, "label": r.labels - 1,
+                            "area": (r.boxes[:, 2:] - r.boxes[:, :2]).prod(1).astype(np.int64)}}
+
+    tfds.dataset_builders.store_as_tfds_dataset(
+        "mv_test_coco", "1.0.0", features,
+        {"train": list(examples(coco_dataset.records[:8])),
+         "val": list(examples(coco_dataset.records[:4]))}, data_dir=str(data_dir))
+
+
+def test_tfds_coco_layout_trains_and_evaluates(shapes_det, tmp_path):
+    coco = _task(shapes_det).coco("train")
+    _write_tfds_coco(tmp_path, coco)
+    task = _task(shapes_det, "data.format=tfds", "data.synthetic=null", "data.tfds.name=mv_test_coco",
+                 f"data.tfds.data_dir={tmp_path}")
+    assert task.class_names == ["circle", "square", "triangle", "star", "hexagon"]
+    images, targets = next(iter(task.build_dataset("train", training=True)[0]))
+    assert images.shape == (4, 128, 128, 3) and (targets["classes"].numpy() > 0).any()
+    val = task.coco("val")  # in TFDS's own (shuffled) order, kept the same by the pipeline
+    by_id = {r.image_id: r for r in coco.records[:4]}
+    assert sorted(r.image_id for r in val.records) == sorted(by_id)
+    for r in val.records:
+        np.testing.assert_allclose(r.boxes, by_id[r.image_id].boxes, atol=1e-6)
+        assert r.labels.tolist() == by_id[r.image_id].labels.tolist()
+        assert (r.width, r.height) == (128, 128)
+    assert val.annotation_file["categories"][0] == {"id": 1, "name": "circle"}
+    indices = np.concatenate([i.numpy() for _, i, _ in task.build_dataset("val", training=False)[0]])
+    assert indices.tolist() == [0, 1, 2, 3]
