@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 
 from mobilevision.backbones import BACKBONES, DEFAULT_TAPS, FEATURE_SPECS
@@ -71,8 +73,29 @@ class Task:
         results where the task writes any."""
         raise NotImplementedError
 
-    def predict(self, model: keras.Model, paths: list[str], out_dir) -> list[dict]:
-        """Run on image files, write annotated images into out_dir, return one result per file."""
+    def predict(self, model: keras.Model, paths, out_dir, class_names=None) -> list[dict]:
+        """Run on image files; write `<stem>.jpg` annotated into out_dir and return one result
+        per file ({"file", ...} or {"file", "error"} for an unreadable one)."""
+        import cv2
+
+        from mobilevision.data.decode import ImageDecodeError, read_image
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results = []
+        for path in paths:
+            try:
+                image = read_image(path)
+            except ImageDecodeError as e:
+                results.append({"file": str(path), "error": str(e)})
+                continue
+            result, canvas = self.predict_image(model, image, class_names)
+            cv2.imwrite(str(out_dir / f"{Path(path).stem}.jpg"), canvas)
+            results.append({"file": str(path), **result})
+        return results
+
+    def predict_image(self, model, image, class_names):
+        """image (h, w, 3) uint8 RGB -> (result dict, annotated BGR image to write)."""
         raise NotImplementedError
 
     def callbacks(self, run_dir) -> list:

@@ -150,38 +150,26 @@ class ClassificationTask(Task):
                 "loss": float(logs["loss"]), "num_examples": n - (len(SKIPPED) - before),
                 "split": split}
 
-    def predict(self, model, paths, out_dir, class_names=None, top_k=5):
-        """Classify image files. Writes `<stem>.jpg` with the top class drawn on it per input into
-        out_dir; returns [{"file", "predictions": [{"class", "class_id", "score"}...]}]."""
+    def predict_image(self, model, image, class_names, top_k=5):
+        """-> ({"predictions": [{"class", "class_id", "score"}, ...top 5]}, the image with the top
+        class drawn on it)."""
         import cv2
         import tensorflow as tf
 
         from mobilevision.data import augment
-        from mobilevision.data.decode import ImageDecodeError, read_image
 
         names = class_names or [f"class_{i}" for i in range(self.cfg.model.num_classes)]
         size = tuple(self.cfg.model.input_size)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        results = []
-        for path in paths:
-            try:
-                image = read_image(path)
-            except ImageDecodeError as e:
-                results.append({"file": str(path), "error": str(e)})
-                continue
-            x = augment.central_crop_resize(tf.constant(image), size, self.cfg.data.eval_crop)
-            probs = model.predict(x[None], verbose=0)[0]
-            order = np.argsort(-probs)[:top_k]
-            preds = [{"class": names[i], "class_id": int(i), "score": float(probs[i])} for i in order]
-            results.append({"file": str(path), "predictions": preds})
-            canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-            scale = max(1.0, 256 / max(canvas.shape[:2]))
-            if scale > 1:
-                canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-            text = f"{preds[0]['class']} {preds[0]['score']:.2f}"
-            cv2.rectangle(canvas, (0, 0), (canvas.shape[1], 22), (0, 0, 0), -1)
-            cv2.putText(canvas, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
-                        cv2.LINE_AA)
-            cv2.imwrite(str(out_dir / f"{Path(path).stem}.jpg"), canvas)
-        return results
+        x = augment.central_crop_resize(tf.constant(image), size, self.cfg.data.eval_crop)
+        probs = model.predict(x[None], verbose=0)[0]
+        order = np.argsort(-probs)[:top_k]
+        preds = [{"class": names[i], "class_id": int(i), "score": float(probs[i])} for i in order]
+        canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        scale = max(1.0, 256 / max(canvas.shape[:2]))
+        if scale > 1:
+            canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        text = f"{preds[0]['class']} {preds[0]['score']:.2f}"
+        cv2.rectangle(canvas, (0, 0), (canvas.shape[1], 22), (0, 0, 0), -1)
+        cv2.putText(canvas, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        return {"predictions": preds}, canvas

@@ -259,43 +259,29 @@ class DetectionTask(Task):
         epoch's logs (before the checkpoint callback reads them)."""
         return [CocoEvalCallback(self, self.cfg.data.val_split, self.cfg.train.eval_every)]
 
-    def predict(self, model, paths, out_dir, class_names=None):
-        """Detect on image files; write `<stem>.jpg` with boxes drawn and return COCO-style
-        results per image (bbox [x, y, w, h] in the image's pixels)."""
+    def predict_image(self, model, image, class_names):
+        """-> ({"detections": [{"class", "label", "score", "bbox" [x, y, w, h] in the image's
+        pixels}]}, the image with boxes scoring at least model.head.draw_threshold drawn)."""
         import cv2
         import tensorflow as tf
 
-        from mobilevision.data.decode import ImageDecodeError, read_image
-
         names = class_names or self.class_names
-        size = tuple(self.cfg.model.input_size)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        results = []
-        for path in paths:
-            try:
-                image = read_image(path)
-            except ImageDecodeError as e:
-                results.append({"file": str(path), "error": str(e)})
-                continue
-            h, w = image.shape[:2]
-            x = tf.image.resize(tf.cast(image, tf.float32), size)[None]
-            boxes, scores, labels, counts = self.postprocess(model.predict_on_batch(x))
-            canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-            dets = []
-            for box, score, label in zip(boxes[0, :counts[0]], scores[0, :counts[0]], labels[0, :counts[0]]):
-                y0, x0, y1, x1 = box * [h, w, h, w]
-                name = names[int(label) - 1]
-                dets.append({"class": name, "label": int(label), "score": float(score),
-                             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
-                if score >= self.cfg.model.head.draw_threshold:
-                    p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))
-                    cv2.rectangle(canvas, p0, p1, (0, 255, 0), 1)
-                    cv2.putText(canvas, f"{name} {score:.2f}", (p0[0], max(10, p0[1] - 3)),
-                                cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 255, 0), 1, cv2.LINE_AA)
-            cv2.imwrite(str(out_dir / f"{Path(path).stem}.jpg"), canvas)
-            results.append({"file": str(path), "detections": dets})
-        return results
+        h, w = image.shape[:2]
+        x = tf.image.resize(tf.cast(image, tf.float32), tuple(self.cfg.model.input_size))[None]
+        boxes, scores, labels, counts = self.postprocess(model.predict_on_batch(x))
+        canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        dets = []
+        for box, score, label in zip(boxes[0, :counts[0]], scores[0, :counts[0]], labels[0, :counts[0]]):
+            y0, x0, y1, x1 = box * [h, w, h, w]
+            name = names[int(label) - 1]
+            dets.append({"class": name, "label": int(label), "score": float(score),
+                         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
+            if score >= self.cfg.model.head.draw_threshold:
+                p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))
+                cv2.rectangle(canvas, p0, p1, (0, 255, 0), 1)
+                cv2.putText(canvas, f"{name} {score:.2f}", (p0[0], max(10, p0[1] - 3)),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 255, 0), 1, cv2.LINE_AA)
+        return {"detections": dets}, canvas
 
 
 class CocoEvalCallback(keras.callbacks.Callback):

@@ -174,3 +174,20 @@ def test_tfds_coco_layout_trains_and_evaluates(shapes_det, tmp_path):
     assert val.annotation_file["categories"][0] == {"id": 1, "name": "circle"}
     indices = np.concatenate([i.numpy() for _, i, _ in task.build_dataset("val", training=False)[0]])
     assert indices.tolist() == [0, 1, 2, 3]
+
+
+def test_predict_writes_annotated_images_and_pixel_boxes(shapes_det, tmp_path):
+    task = _task(shapes_det, "model.head.score_threshold=0.0")
+    model = task.build_model()
+    paths = [r.path for r in task.coco("val").records[:2]]
+    results = task.predict(model, paths + [str(tmp_path / "missing.jpg")], tmp_path / "out")
+    assert [r["file"] for r in results] == paths + [str(tmp_path / "missing.jpg")]
+    assert "error" in results[2]
+    for r in results[:2]:
+        assert r["detections"], "an untrained head still scores every anchor above 0"
+        for d in r["detections"]:
+            x, y, w, h = d["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= 128.001 and y + h <= 128.001
+            assert d["class"] in task.class_names and 0 < d["score"] <= 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.split("/")[-1] for p in paths)
