@@ -43,15 +43,20 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, or imported
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    alternating_fit, apply_defaults, check_counts, check_sizes, config_name, device_description,
+    fmt_runs, make_log, pipeline_runs, run_benchmark, table_lines, table_width, time_fit,
+    utc_timestamp, versions)
 
 # The peer: a PyTorch SSDLite320 train step at batch 8, 320x320, 2 threads, on this 2-core
 # machine. MEASURED ELSEWHERE (figure documented in issue 3), NOT IN THIS PROCESS; only
@@ -109,25 +114,11 @@ def parse_args(argv=None):
                    help="smoke test: alpha 0.35, 160 px, batch 4, 3 steps after 1 warmup, 1 repeat (about 1 min)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = p.parse_args(argv)
-    for key, default in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, default)
-    for key in ("batch_size", "steps", "repeats", "pipeline_images", "latency_runs"):
-        if getattr(args, key) < 1:
-            p.error(f"--{key.replace('_', '-')} must be at least 1")
-    if args.warmup < 0:
-        p.error("--warmup must be >= 0")
+    apply_defaults(args, QUICK if args.quick else FULL)
+    check_counts(p, args, ("batch_size", "steps", "repeats", "pipeline_images", "latency_runs"))
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
-    if args.size < 32 or args.size % 32:
-        p.error(f"--size must be a positive multiple of 32 (the backbone's stride), got {args.size}")
-    try:
-        hw = [int(v) for v in (args.file_size or str(args.size)).lower().split("x")]
-        if len(hw) not in (1, 2) or min(hw) < 32:
-            raise ValueError
-    except ValueError:
-        p.error(f"--file-size expects H or HxW (at least 32 pixels), got {args.file_size!r}")
-    args.file_size = (hw[0], hw[-1])
+    check_sizes(p, args, min_file_side=32)
     args.precisions = (["float32", "mixed_bfloat16"] if args.compare_bf16 else [args.precision])
     if args.compare_bf16 and args.precision != "float32":
         args.precisions.reverse()  # the --precision model first: it is the one inference uses
@@ -135,55 +126,6 @@ def parse_args(argv=None):
 
 
 # Measurement ------------------------------------------------------------------------------------
-
-def _step_timer(warmup: int):
-    """A callback holding the wall time from the end of step `warmup` to the end of the last step.
-    Keras turns the step's logs into Python numbers before callbacks run, so a step has finished
-    when its on_train_batch_end is called."""
-    import keras
-
-    class StepTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.start = self.end = None
-            self.timed = 0
-
-        def on_train_batch_begin(self, batch, logs=None):
-            if warmup == 0 and batch == 0:
-                self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            now = time.perf_counter()
-            if batch == warmup - 1:
-                self.start = now
-            elif batch >= warmup:
-                self.end, self.timed = now, batch + 1 - warmup
-
-    return StepTimer()
-
-
-def time_fit(model, ds, batch_size: int, steps: int, warmup: int) -> float:
-    """Images/s of `model.fit` over `steps` steps after `warmup` untimed ones."""
-    timer = _step_timer(warmup)
-    model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0, shuffle=False)
-    if timer.timed != steps or timer.end is None:
-        raise RuntimeError(f"fit ran {timer.timed} of {steps} timed steps (did the dataset run out?)")
-    return steps * batch_size / (timer.end - timer.start)
-
-
-def time_pipeline(ds, batches: int, warmup: int, min_seconds: float) -> tuple[float, int]:
-    """Images/s of iterating the endless `ds` alone, after `warmup` batches, over at least
-    `batches` batches and `min_seconds` seconds. Returns (images/s, batches timed)."""
-    it = iter(ds)
-    for _ in range(warmup):
-        next(it)
-    start = time.perf_counter()
-    images = done = 0
-    while done < batches or time.perf_counter() - start < min_seconds:
-        images += int(next(it)[0].shape[0])
-        done += 1
-    return images / (time.perf_counter() - start), done
-
 
 def time_calls(fn, runs: int, warmup: int) -> dict:
     """Wall time of `fn()` (which must return only once its work is done): {"median_ms",
@@ -254,10 +196,6 @@ def with_static_shapes(ds, batch_size: int, size: int, num_anchors: int):
 
 # Report -----------------------------------------------------------------------------------------
 
-def _fmt_runs(runs, fmt=".1f"):
-    return "  ".join(f"{r:{fmt}}" for r in runs)
-
-
 def format_table(r: dict) -> str:
     s, t, b, p, e, inf = (r["setup"], r["train_step"], r["breakdown"], r["pipeline"],
                           r["end_to_end"], r["inference"])
@@ -265,7 +203,7 @@ def format_table(r: dict) -> str:
     rows = []  # (label, value, value format, what follows); value None: a heading
     for prec in s["precisions"]:
         v = t[prec]
-        rows.append((f"train step, {prec}", v["images_per_sec"], ".1f", _fmt_runs(v["runs"])))
+        rows.append((f"train step, {prec}", v["images_per_sec"], ".1f", fmt_runs(v["runs"])))
     if "bf16_speedup" in t:
         rows.append(("  speed-up mixed_bfloat16 / float32", t["bf16_speedup"], ".2f",
                      "> 1: bfloat16 helps on this CPU"))
@@ -276,10 +214,10 @@ def format_table(r: dict) -> str:
                if peer["comparable"] else "NOT COMPARABLE: the peer is batch 8, 320 px, alpha 1.0")
     rows.append((f"  ratio ours ({s['precisions'][0]}) / peer", peer["ratio"], ".2f", verdict))
     rows.append((f"input pipeline alone ({p['files']} JPEG, {'x'.join(map(str, p['image_size']))})",
-                 p["images_per_sec"], ".1f", _fmt_runs(p["runs"])))
+                 p["images_per_sec"], ".1f", fmt_runs(p["runs"])))
     rows.append(("  headroom pipeline / train step", p["headroom"], ".2f",
                  "> 1: the pipeline keeps up" if p["headroom"] > 1 else "< 1: THE PIPELINE IS THE BOTTLENECK"))
-    rows.append(("end to end, on the pipeline", e["images_per_sec"], ".1f", _fmt_runs(e["runs"])))
+    rows.append(("end to end, on the pipeline", e["images_per_sec"], ".1f", fmt_runs(e["runs"])))
     e2e_ratio, shared = e["ratio_to_train_step"], e["explained_by_sharing_cores"]
     rows.append(("  end to end / train step", e2e_ratio, ".3f",
                  "about 1: no starvation" if e2e_ratio >= 0.9
@@ -290,7 +228,7 @@ def format_table(r: dict) -> str:
     rows.append((f"inference, batch {s['batch_size']}: + postprocess",
                  inf["batch"]["with_postprocess"]["images_per_sec"], ".1f",
                  f"{inf['batch']['with_postprocess']['median_ms']:.1f} ms per batch"))
-    width = max(len(label) for label, *_ in rows) + 2
+    width = table_width(rows)
     lines = [
         f"detection_speed: {s['config']}  alpha {s['alpha']}  {s['size']}x{s['size']}  batch "
         f"{s['batch_size']}  {s['num_classes']} classes  {s['num_anchors']} anchors  "
@@ -300,9 +238,8 @@ def format_table(r: dict) -> str:
         f"({s['warmup_later_runs']} in later runs), {s['repeats']} run(s) per precision, median; "
         f"{s['positives_per_image']:.1f} positive anchors per image",
         "",
-        f"  {'':{width}s}{'images/s':>9s}   runs",
+        *table_lines(rows, width),
     ]
-    lines += [f"  {label:{width}s}{value:9{fmt}}   {note}" for label, value, fmt, note in rows]
 
     one = inf["batch1"]
     lines += ["", f"  inference latency, batch 1 ({s['precisions'][0]}){'':{max(0, width - 34 - len(s['precisions'][0]))}s}"
@@ -327,36 +264,6 @@ def format_table(r: dict) -> str:
         lines.append("  (--quick is a smoke test: too few steps, and not the peer's setup, for the "
                      "ratios to mean anything)")
     return "\n".join(lines)
-
-
-def write_json(path: str, obj: dict) -> None:
-    text = json.dumps(obj, indent=2) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        return
-    from mobilevision.utils import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
-def device_description() -> str:
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-        return f"GPU: {', '.join(names)}"
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return (f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()}"
-            f"{', ' + ' '.join(isa) if isa else ''})")
 
 
 def threads_description() -> str:
@@ -416,7 +323,6 @@ def limits_verdict(headroom: float, e2e_ratio: float, rest_share: float, loss_sh
 # Main -------------------------------------------------------------------------------------------
 
 def run(args) -> dict:
-    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -439,11 +345,7 @@ def run(args) -> dict:
     cfg = cfgs[primary]
     set_seed(cfg.seed)
     alpha, k = cfg.model.backbone.alpha, cfg.model.num_classes
-    t0 = time.perf_counter()
-    out = sys.stderr if args.json_out == "-" else sys.stdout
-
-    def log(message):
-        print(f"  [{time.perf_counter() - t0:5.0f} s] {message}", file=out, flush=True)
+    log = make_log(args.json_out)
 
     # 1. Train step on random in-memory batches with valid targets.
     log(f"building the detector ({', '.join(args.precisions)}) ...")
@@ -462,15 +364,8 @@ def run(args) -> dict:
     stats = profile_model(model)
     memory_ds, (x_b, y_b), positives = random_batches(anchors, b, s, k, cfg.seed)
 
-    runs = {prec: [] for prec in args.precisions}
-    for i in range(args.repeats):
-        # A model's first run traces its train step during warmup; later runs need one untimed
-        # step (new iterator, caches the other model evicted).
-        warmup = args.warmup if i == 0 else min(args.warmup, 1)
-        for prec in args.precisions:
-            log(f"[{i + 1}/{args.repeats}] train step, {prec} ...")
-            runs[prec].append(time_fit(models[prec], memory_ds, b, args.steps, warmup))
-    med = {prec: statistics.median(v) for prec, v in runs.items()}
+    # Precisions alternate; each model's first run traces its train step during warmup.
+    runs, med = alternating_fit(models, memory_ds, b, args.steps, args.warmup, args.repeats, log)
     for prec in args.precisions[1:]:
         del models[prec]
 
@@ -517,13 +412,9 @@ def run(args) -> dict:
         pipeline_ds, n = get_task(pcfg).build_dataset("train", training=True)
         pipeline_ds = pipeline_ds.repeat()
         batches = max(args.steps, math.ceil(2 * n / b))  # at least two passes over the files
-        pipe_runs, pipe_batches = [], []
-        for i in range(args.repeats):
-            log(f"[{i + 1}/{args.repeats}] input pipeline alone ...")
-            rate, timed = time_pipeline(pipeline_ds, batches, max(args.warmup, 1),
-                                        min_seconds=0.5 if args.quick else 2.0)
-            pipe_runs.append(rate)
-            pipe_batches.append(timed)
+        pipe_runs, pipe_batches = pipeline_runs(pipeline_ds, batches, max(args.warmup, 1),
+                                                args.repeats, log,
+                                                min_seconds=0.5 if args.quick else 2.0)
         log("end to end, the detector on the pipeline ...")
         e2e = time_fit(model, with_static_shapes(pipeline_ds, b, s, len(anchors)), b, args.steps,
                        max(args.warmup, 1))
@@ -553,9 +444,9 @@ def run(args) -> dict:
 
     return {
         "benchmark": "detection_speed",
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time": utc_timestamp(),
         "setup": {
-            "config": Path(cfg["_source"]).name if cfg.get("_source") else args.config,
+            "config": config_name(cfg, args.config),
             "overrides": base, "quick": args.quick, "alpha": alpha, "size": s, "batch_size": b,
             "num_classes": k, "num_anchors": int(len(anchors)), "precisions": args.precisions,
             "params": int(model.count_params()), "madds": madds,
@@ -566,10 +457,8 @@ def run(args) -> dict:
             "steps": args.steps, "warmup": args.warmup, "warmup_later_runs": min(args.warmup, 1),
             "repeats": args.repeats, "latency_runs": args.latency_runs,
             "latency_warmup": latency_warmup,
-            "device": device_description(), "threads": threads_description(),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "mobilevision": mv.__version__, "python": platform.python_version(),
-            "numpy": np.__version__,
+            "device": device_description(cpu_flags=True), "threads": threads_description(),
+            **versions(), "numpy": np.__version__,
         },
         "train_step": train_step,
         "peer": {"description": PEER_DESCRIPTION, "images_per_sec": PEER_IMAGES_PER_SEC,
@@ -607,22 +496,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from mobilevision.config import ConfigError
-
-    t0 = time.perf_counter()
-    try:
-        result = run(args)
-    except ConfigError as e:
-        print(f"detection_speed.py: error: {e}", file=sys.stderr)
-        return 2
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    table = format_table(result)
-    print(table, file=sys.stderr if args.json_out == "-" else sys.stdout, flush=True)
-    write_json(args.json_out, result)
-    if args.json_out != "-":
-        print(f"  wrote {args.json_out} ({result['seconds']:.0f} s)")
-    return 0
+    return run_benchmark("detection_speed.py", parse_args(argv), run, format_table)
 
 
 if __name__ == "__main__":

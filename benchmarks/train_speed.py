@@ -32,15 +32,19 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, or imported
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    alternating_fit, apply_defaults, check_counts, check_sizes, config_name, device_description,
+    fmt_runs, make_log, pipeline_runs, run_benchmark, table_lines, table_width, time_fit,
+    utc_timestamp, versions)
 
 TARGET_RATIO = 0.95
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "train_speed.json"
@@ -79,76 +83,13 @@ def parse_args(argv=None):
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = p.parse_args(argv)
     full = {"batch_size": 32, "size": 224, "steps": 20, "warmup": 3, "repeats": 3, "pipeline_images": 256}
-    for key, default in (QUICK if args.quick else full).items():
-        if getattr(args, key) is None:
-            setattr(args, key, default)
-    for key in ("batch_size", "steps", "repeats", "pipeline_images"):
-        if getattr(args, key) < 1:
-            p.error(f"--{key.replace('_', '-')} must be at least 1")
-    if args.warmup < 0:
-        p.error("--warmup must be >= 0")
-    if args.size < 32 or args.size % 32:
-        p.error(f"--size must be a positive multiple of 32 (the backbone's stride), got {args.size}")
-    try:
-        hw = [int(v) for v in (args.file_size or str(args.size)).lower().split("x")]
-        if len(hw) not in (1, 2) or min(hw) < 8:
-            raise ValueError
-    except ValueError:
-        p.error(f"--file-size expects H or HxW (at least 8 pixels), got {args.file_size!r}")
-    args.file_size = (hw[0], hw[-1])
+    apply_defaults(args, QUICK if args.quick else full)
+    check_counts(p, args, ("batch_size", "steps", "repeats", "pipeline_images"))
+    check_sizes(p, args, min_file_side=8)
     return args
 
 
 # Measurement ------------------------------------------------------------------------------------
-
-def _step_timer(warmup: int):
-    """A callback holding the wall time from the end of step `warmup` to the end of the last step.
-    Keras turns the step's logs into Python numbers before callbacks run (none of ours is async),
-    so a step has finished when its on_train_batch_end is called."""
-    import keras
-
-    class StepTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.start = self.end = None
-            self.timed = 0
-
-        def on_train_batch_begin(self, batch, logs=None):
-            if warmup == 0 and batch == 0:
-                self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            now = time.perf_counter()
-            if batch == warmup - 1:
-                self.start = now
-            elif batch >= warmup:
-                self.end, self.timed = now, batch + 1 - warmup
-
-    return StepTimer()
-
-
-def time_fit(model, ds, batch_size: int, steps: int, warmup: int) -> float:
-    """Images/s of `model.fit` over `steps` steps after `warmup` untimed ones."""
-    timer = _step_timer(warmup)
-    model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0, shuffle=False)
-    if timer.timed != steps or timer.end is None:
-        raise RuntimeError(f"fit ran {timer.timed} of {steps} timed steps (did the dataset run out?)")
-    return steps * batch_size / (timer.end - timer.start)
-
-
-def time_pipeline(ds, batches: int, warmup: int, min_seconds: float = 2.0) -> tuple[float, int]:
-    """Images/s of iterating the endless `ds` alone, after `warmup` batches, over at least
-    `batches` batches and `min_seconds` seconds. Returns (images/s, batches timed)."""
-    it = iter(ds)
-    for _ in range(warmup):
-        next(it)
-    start = time.perf_counter()
-    images = done = 0
-    while done < batches or time.perf_counter() - start < min_seconds:
-        images += int(next(it)[0].shape[0])
-        done += 1
-    return images / (time.perf_counter() - start), done
-
 
 def random_batches(batch_size: int, size: int, num_classes: int, seed: int, distinct: int = 2):
     """An endless tf.data dataset cycling over `distinct` fixed batches of random pixels
@@ -205,28 +146,24 @@ def as_num_classes(ds, num_classes: int, image_shape):
 
 # Report -----------------------------------------------------------------------------------------
 
-def _fmt_runs(runs):
-    return "  ".join(f"{r:.1f}" for r in runs)
-
-
 def format_table(r: dict) -> str:
     s, t, p, e = r["setup"], r["train_step"], r["pipeline"], r["end_to_end"]
     files = f"{p['files']} JPEG, {'x'.join(map(str, p['image_size']))}"
     rows = [  # (label, value, value format, what follows)
-        ("train step, mobilevision", t["ours"]["images_per_sec"], ".1f", _fmt_runs(t["ours"]["runs"])),
+        ("train step, mobilevision", t["ours"]["images_per_sec"], ".1f", fmt_runs(t["ours"]["runs"])),
         ("train step, keras.applications", t["keras_applications"]["images_per_sec"], ".1f",
-         _fmt_runs(t["keras_applications"]["runs"])),
+         fmt_runs(t["keras_applications"]["runs"])),
         ("  ratio ours / keras", t["ratio"], ".3f",
          f"target >= {t['target']:.2f}: {'OK' if t['meets_target'] else 'BELOW TARGET'}"),
-        (f"input pipeline alone ({files})", p["images_per_sec"], ".1f", _fmt_runs(p["runs"])),
+        (f"input pipeline alone ({files})", p["images_per_sec"], ".1f", fmt_runs(p["runs"])),
         ("  headroom pipeline / train step", p["headroom"], ".2f",
          "> 1: the pipeline keeps up" if p["headroom"] > 1 else "< 1: THE PIPELINE IS THE BOTTLENECK"),
-        ("end to end, mobilevision on pipeline", e["images_per_sec"], ".1f", _fmt_runs(e["runs"])),
+        ("end to end, mobilevision on pipeline", e["images_per_sec"], ".1f", fmt_runs(e["runs"])),
         ("  end to end / train step", e["ratio_to_train_step"], ".3f",
          "about 1: no starvation" if e["ratio_to_train_step"] >= 0.9
          else "< 0.9: TRAINING WAITS FOR INPUT (or a busy machine)"),
     ]
-    width = max(len(label) for label, *_ in rows) + 2
+    width = table_width(rows)
     lines = [
         f"train_speed: {s['config']}  alpha {s['alpha']}  {s['size']}x{s['size']}  batch {s['batch_size']}  "
         f"{s['num_classes']} classes  {s['precision']}",
@@ -234,39 +171,17 @@ def format_table(r: dict) -> str:
         f"  {s['steps']} timed steps per run after {s['warmup']} warmup ({s['warmup_later_runs']} in later "
         f"runs); train step: {s['repeats']} alternating run(s) each, median",
         "",
-        f"  {'':{width}s}{'images/s':>9s}   runs",
+        *table_lines(rows, width),
     ]
-    lines += [f"  {label:{width}s}{value:9{fmt}}   {note}" for label, value, fmt, note in rows]
     if s["quick"]:
         lines.append("  (--quick is a smoke test: too few steps for the ratios to mean anything)")
     return "\n".join(lines)
-
-
-def write_json(path: str, obj: dict) -> None:
-    text = json.dumps(obj, indent=2) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        return
-    from mobilevision.utils import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
-def device_description() -> str:
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-        return f"GPU: {', '.join(names)}"
-    return f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
 # Main -------------------------------------------------------------------------------------------
 
 def run(args) -> dict:
     import keras
-    import tensorflow as tf
 
     import mobilevision as mv
     from mobilevision.tasks import get_task
@@ -280,11 +195,7 @@ def run(args) -> dict:
     set_seed(cfg.seed)
     set_precision(cfg)
     alpha, k = cfg.model.backbone.alpha, cfg.model.num_classes
-    t0 = time.perf_counter()
-    out = sys.stderr if args.json_out == "-" else sys.stdout
-
-    def log(message):
-        print(f"  [{time.perf_counter() - t0:5.0f} s] {message}", file=out, flush=True)
+    log = make_log(args.json_out)
 
     # 1. Train step on random in-memory batches: ours and keras.applications, same compile.
     log("building both models ...")
@@ -304,15 +215,9 @@ def run(args) -> dict:
         model.jit_compile = False
     memory_ds = random_batches(b, s, k, cfg.seed)
 
-    runs = {"ours": [], "keras_applications": []}
-    for i in range(args.repeats):
-        # The first run of a model traces its train step during warmup; later runs only need one
-        # untimed step (new iterator, caches the other model evicted).
-        warmup = args.warmup if i == 0 else min(args.warmup, 1)
-        for name, model in (("ours", ours), ("keras_applications", theirs)):
-            log(f"[{i + 1}/{args.repeats}] train step, {name} ...")
-            runs[name].append(time_fit(model, memory_ds, b, args.steps, warmup))
-    med = {name: statistics.median(v) for name, v in runs.items()}
+    # Ours, keras, ours, keras ...: each model's first run traces its train step during warmup.
+    runs, med = alternating_fit({"ours": ours, "keras_applications": theirs}, memory_ds, b,
+                                args.steps, args.warmup, args.repeats, log)
     ratio = med["ours"] / med["keras_applications"]
     params = {"ours": int(ours.count_params()), "keras_applications": int(theirs.count_params())}
     del theirs
@@ -330,12 +235,8 @@ def run(args) -> dict:
         pipeline_ds = pipeline_ds.repeat()
         # At least two passes over the files, as many batches as a train-step run, and 2 s.
         batches = max(args.steps, math.ceil(2 * n / b))
-        pipe_runs, pipe_batches = [], []
-        for i in range(args.repeats):
-            log(f"[{i + 1}/{args.repeats}] input pipeline alone ...")
-            rate, timed = time_pipeline(pipeline_ds, batches, max(args.warmup, 1))
-            pipe_runs.append(rate)
-            pipe_batches.append(timed)
+        pipe_runs, pipe_batches = pipeline_runs(pipeline_ds, batches, max(args.warmup, 1),
+                                                args.repeats, log)
         # One end-to-end run: it only has to show starvation, and each run costs as much as a
         # train-step run (the default benchmark stays within ~6 minutes on 2 cores).
         log("end to end, ours on the pipeline ...")
@@ -346,17 +247,16 @@ def run(args) -> dict:
 
     return {
         "benchmark": "train_speed",
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time": utc_timestamp(),
         "setup": {
-            "config": Path(cfg["_source"]).name if cfg.get("_source") else args.config,
+            "config": config_name(cfg, args.config),
             "overrides": overrides, "quick": args.quick,
             "alpha": alpha, "size": s, "batch_size": b, "num_classes": k, "precision": args.precision,
             "optimizer": cfg.train.optimizer.name, "loss": "categorical_crossentropy",
             "label_smoothing": cfg.train.label_smoothing, "jit_compile": False,
             "steps": args.steps, "warmup": args.warmup, "warmup_later_runs": min(args.warmup, 1),
             "repeats": args.repeats,
-            "device": device_description(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "mobilevision": mv.__version__, "python": platform.python_version(),
+            "device": device_description(), **versions(),
         },
         "train_step": {
             "ours": {"images_per_sec": med["ours"], "runs": runs["ours"], "params": params["ours"]},
@@ -377,22 +277,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from mobilevision.config import ConfigError
-
-    t0 = time.perf_counter()
-    try:
-        result = run(args)
-    except ConfigError as e:
-        print(f"train_speed.py: error: {e}", file=sys.stderr)
-        return 2
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    table = format_table(result)
-    print(table, file=sys.stderr if args.json_out == "-" else sys.stdout, flush=True)
-    write_json(args.json_out, result)
-    if args.json_out != "-":
-        print(f"  wrote {args.json_out} ({result['seconds']:.0f} s)")
-    return 0
+    return run_benchmark("train_speed.py", parse_args(argv), run, format_table)
 
 
 if __name__ == "__main__":

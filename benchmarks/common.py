@@ -1,0 +1,251 @@
+"""Pieces the benchmark scripts share: argument checks, timing, repeats, the report and JSON.
+
+Imported by the scripts next to it as `from common import ...` (a script's own folder is on
+sys.path; the scripts also add it themselves, so importing them from elsewhere works). Nothing
+here imports TensorFlow, Keras or mobilevision at module level: the scripts set TF's log level
+before the first TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+# Arguments --------------------------------------------------------------------------------------
+
+
+def apply_defaults(args, defaults: dict) -> None:
+    """Set each attribute of `args` named in `defaults` that is still None to its default
+    (the --quick or the full set)."""
+    for key, default in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+
+
+def check_counts(parser, args, positive) -> None:
+    """Exit through `parser.error` unless every attribute named in `positive` is at least 1 and
+    args.warmup is at least 0."""
+    for key in positive:
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+
+
+def check_sizes(parser, args, min_file_side: int) -> None:
+    """Exit through `parser.error` unless args.size is a positive multiple of 32; turn
+    args.file_size ("H", "HxW" or None for --size) into (H, W), each at least `min_file_side`."""
+    if args.size < 32 or args.size % 32:
+        parser.error(f"--size must be a positive multiple of 32 (the backbone's stride), got {args.size}")
+    try:
+        hw = [int(v) for v in (args.file_size or str(args.size)).lower().split("x")]
+        if len(hw) not in (1, 2) or min(hw) < min_file_side:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--file-size expects H or HxW (at least {min_file_side} pixels), "
+                     f"got {args.file_size!r}")
+    args.file_size = (hw[0], hw[-1])
+
+
+# Measurement ------------------------------------------------------------------------------------
+
+
+def _step_timer(warmup: int):
+    """A callback holding the wall time from the end of step `warmup` to the end of the last step.
+    Keras turns the step's logs into Python numbers before callbacks run (none of ours is async),
+    so a step has finished when its on_train_batch_end is called."""
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.start = self.end = None
+            self.timed = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if warmup == 0 and batch == 0:
+                self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if batch == warmup - 1:
+                self.start = now
+            elif batch >= warmup:
+                self.end, self.timed = now, batch + 1 - warmup
+
+    return StepTimer()
+
+
+def time_fit(model, ds, batch_size: int, steps: int, warmup: int) -> float:
+    """Images/s of `model.fit` over `steps` steps after `warmup` untimed ones."""
+    timer = _step_timer(warmup)
+    model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0, shuffle=False)
+    if timer.timed != steps or timer.end is None:
+        raise RuntimeError(f"fit ran {timer.timed} of {steps} timed steps (did the dataset run out?)")
+    return steps * batch_size / (timer.end - timer.start)
+
+
+def time_pipeline(ds, batches: int, warmup: int, min_seconds: float = 2.0) -> tuple[float, int]:
+    """Images/s of iterating the endless `ds` alone, after `warmup` batches, over at least
+    `batches` batches and `min_seconds` seconds. Returns (images/s, batches timed)."""
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    images = done = 0
+    while done < batches or time.perf_counter() - start < min_seconds:
+        images += int(next(it)[0].shape[0])
+        done += 1
+    return images / (time.perf_counter() - start), done
+
+
+def alternating_fit(models: dict, ds, batch_size: int, steps: int, warmup: int, repeats: int,
+                    log) -> tuple[dict, dict]:
+    """Time the train step of each of `models` ({name: compiled model}) on `ds`, `repeats` rounds
+    alternating the models in their order. A model's first run traces its train step during
+    `warmup` untimed steps; later runs need one (new iterator, caches the other model evicted).
+    Returns ({name: [images/s per run]}, {name: median images/s})."""
+    runs = {name: [] for name in models}
+    for i in range(repeats):
+        run_warmup = warmup if i == 0 else min(warmup, 1)
+        for name, model in models.items():
+            log(f"[{i + 1}/{repeats}] train step, {name} ...")
+            runs[name].append(time_fit(model, ds, batch_size, steps, run_warmup))
+    return runs, {name: statistics.median(v) for name, v in runs.items()}
+
+
+def pipeline_runs(ds, batches: int, warmup: int, repeats: int, log,
+                  min_seconds: float = 2.0) -> tuple[list, list]:
+    """`repeats` runs of `time_pipeline` on `ds`. Returns ([images/s per run],
+    [batches timed per run])."""
+    rates, timed_batches = [], []
+    for i in range(repeats):
+        log(f"[{i + 1}/{repeats}] input pipeline alone ...")
+        rate, timed = time_pipeline(ds, batches, warmup, min_seconds=min_seconds)
+        rates.append(rate)
+        timed_batches.append(timed)
+    return rates, timed_batches
+
+
+# Report -----------------------------------------------------------------------------------------
+
+
+def report_stream(json_out: str):
+    """Where the table and progress go: stderr when the JSON goes to stdout ('-'), else stdout."""
+    return sys.stderr if json_out == "-" else sys.stdout
+
+
+def make_log(json_out: str):
+    """A progress printer `log(message)` that prefixes the seconds since this call."""
+    t0 = time.perf_counter()
+    out = report_stream(json_out)
+
+    def log(message):
+        print(f"  [{time.perf_counter() - t0:5.0f} s] {message}", file=out, flush=True)
+
+    return log
+
+
+def fmt_runs(runs, fmt: str = ".1f") -> str:
+    """Each run's figure in `fmt`, two spaces apart."""
+    return "  ".join(f"{r:{fmt}}" for r in runs)
+
+
+def table_width(rows) -> int:
+    """The label column's width for `rows` of (label, value, value format, note)."""
+    return max(len(label) for label, *_ in rows) + 2
+
+
+def table_lines(rows, width: int) -> list[str]:
+    """The 'images/s  runs' heading and one line per row of (label, value, value format, note)."""
+    lines = [f"  {'':{width}s}{'images/s':>9s}   runs"]
+    lines += [f"  {label:{width}s}{value:9{fmt}}   {note}" for label, value, fmt, note in rows]
+    return lines
+
+
+def write_json(path: str, obj: dict) -> None:
+    """`obj` as indented JSON to `path` (atomically), or to stdout when `path` is '-'."""
+    text = json.dumps(obj, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    from mobilevision.utils import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+# Setup description ------------------------------------------------------------------------------
+
+
+def utc_timestamp() -> str:
+    """Now, UTC, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def config_name(cfg, config: str) -> str:
+    """The loaded config's file name, or the --config argument when it has no source file."""
+    return Path(cfg["_source"]).name if cfg.get("_source") else config
+
+
+def device_description(cpu_flags: bool = False) -> str:
+    """'GPU: <names>' or 'CPU only (<cores> cores, <processor>)'; with `cpu_flags`, the CPU's
+    avx2 / avx512f / avx512_bf16 / amx_bf16 flags from /proc/cpuinfo follow the processor."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+        return f"GPU: {', '.join(names)}"
+    if not cpu_flags:
+        return f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return (f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+            f"{', ' + ' '.join(isa) if isa else ''})")
+
+
+def versions() -> dict:
+    """{"tensorflow", "keras", "mobilevision", "python"} versions, in that order."""
+    import keras
+    import tensorflow as tf
+
+    import mobilevision as mv
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__,
+            "mobilevision": mv.__version__, "python": platform.python_version()}
+
+
+# Main -------------------------------------------------------------------------------------------
+
+
+def run_benchmark(prog: str, args, run, format_table) -> int:
+    """Run `run(args)` -> result dict, add its "seconds", print `format_table(result)` and write
+    the JSON to args.json_out. A config error prints '<prog>: error: ...' and returns 2."""
+    from mobilevision.config import ConfigError
+
+    t0 = time.perf_counter()
+    try:
+        result = run(args)
+    except ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    table = format_table(result)
+    print(table, file=report_stream(args.json_out), flush=True)
+    write_json(args.json_out, result)
+    if args.json_out != "-":
+        print(f"  wrote {args.json_out} ({result['seconds']:.0f} s)")
+    return 0
