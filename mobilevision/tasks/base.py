@@ -44,6 +44,7 @@ class Task:
     monitor = ""
     monitor_mode = "max"
     fit_validation = True  # pass the validation split to fit (else callbacks() evaluates)
+    shapes_kind = ""       # the shapes generator's layout for this task
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -107,5 +108,12 @@ class Task:
         return max(1, num_examples // b)
 
     def prepare_data(self) -> None:
-        """Generate synthetic data on first use (configs with `data.synthetic`)."""
-        raise NotImplementedError
+        """Generate the synthetic dataset on first use (configs with `data.synthetic: shapes`),
+        in the layout this task reads (`shapes_kind`)."""
+        d = self.cfg.data
+        if d.synthetic == "shapes":
+            from mobilevision.data.shapes import ensure_shapes
+
+            ensure_shapes(d.root, self.shapes_kind, num_train=d.shapes.num_train,
+                          num_val=d.shapes.num_val, image_size=d.shapes.image_size,
+                          seed=d.shapes.seed)

@@ -16,6 +16,7 @@ class ClassificationTask(Task):
     name = "classification"
     monitor = "top1"
     monitor_mode = "max"
+    shapes_kind = "classification"
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -40,15 +41,6 @@ class ClassificationTask(Task):
         )
 
     # Data --------------------------------------------------------------------------------------
-    def prepare_data(self):
-        d = self.cfg.data
-        if d.synthetic == "shapes":
-            from mobilevision.data.shapes import ensure_shapes
-
-            ensure_shapes(d.root, "classification", num_train=d.shapes.num_train,
-                          num_val=d.shapes.num_val, image_size=d.shapes.image_size,
-                          seed=d.shapes.seed)
-
     @property
     def class_names(self) -> list[str]:
         """Class names in label order: the training split's folders, or the TFDS label names."""

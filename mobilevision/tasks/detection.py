@@ -39,6 +39,7 @@ class DetectionTask(Task):
     name = "detection"
     monitor = "AP"
     monitor_mode = "max"
+    shapes_kind = "detection"
     fit_validation = False  # COCOeval runs in CocoEvalCallback instead
 
     def __init__(self, cfg):
@@ -81,15 +82,6 @@ class DetectionTask(Task):
         model.compile(optimizer=build_optimizer(self.cfg, steps_per_epoch), loss=None)
 
     # Data --------------------------------------------------------------------------------------
-    def prepare_data(self):
-        d = self.cfg.data
-        if d.synthetic == "shapes":
-            from mobilevision.data.shapes import ensure_shapes
-
-            ensure_shapes(d.root, "detection", num_train=d.shapes.num_train,
-                          num_val=d.shapes.num_val, image_size=d.shapes.image_size,
-                          seed=d.shapes.seed)
-
     def coco(self, split: str):
         """The parsed split (cached): a CocoDataset of per-image box records."""
         if split not in self._datasets:
