@@ -471,7 +471,8 @@ def generate_classification(root, num_train: int = 1000, num_val: int = 200, ima
 
 
 def generate_detection(
-    root, num_train: int = 1000, num_val: int = 200, image_size=128, seed: int = 0, objects_per_image=(1, 4)
+    root, num_train: int = 1000, num_val: int = 200, image_size=128, seed: int = 0, objects_per_image=(1, 4),
+    texture_contrast: float = 1.0, min_size_frac: float = 0.08,
 ) -> dict:
     """Write a COCO-format detection/instance dataset.
 
@@ -490,6 +491,8 @@ def generate_detection(
         seed: non-negative int.
         objects_per_image: (min, max) objects attempted per image; a few may be skipped when they
             cannot be placed without hiding too much of another.
+        texture_contrast: background texture contrast (see render_scene).
+        min_size_frac: smallest object diameter as a fraction of the short side.
 
     Returns:
         dict: kind, root, classes, category_ids {name: id}, image_size [H, W],
@@ -497,7 +500,8 @@ def generate_detection(
     """
     root = Path(root)
     params = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed,
-              "objects_per_image": objects_per_image}
+              "objects_per_image": objects_per_image, "texture_contrast": texture_contrast,
+              "min_size_frac": min_size_frac}
     _prepare_root(root)
     size = _hw(image_size)
     categories = [{"id": coco_category_id(i), "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)]
@@ -511,7 +515,8 @@ def generate_detection(
         def make(index, split=split, image_dir=image_dir):
             rng = _rng(seed, "detection", split, index)
             image, objects = render_scene(rng, size, num_objects=tuple(objects_per_image),
-                                          min_size_frac=0.08, max_size_frac=0.6)
+                                          min_size_frac=min_size_frac, max_size_frac=0.6,
+                                          texture_contrast=texture_contrast)
             file_name = f"{index + 1:06d}.jpg"
             _write_image(image_dir / file_name, image)
             anns = [
