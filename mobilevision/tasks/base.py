@@ -114,6 +114,8 @@ class Task:
         if d.synthetic == "shapes":
             from mobilevision.data.shapes import ensure_shapes
 
+            optional = {k: d.shapes[k] for k in ("texture_contrast", "min_size_frac")
+                        if d.shapes[k] is not None}
             ensure_shapes(d.root, self.shapes_kind, num_train=d.shapes.num_train,
                           num_val=d.shapes.num_val, image_size=d.shapes.image_size,
-                          seed=d.shapes.seed)
+                          seed=d.shapes.seed, **optional)

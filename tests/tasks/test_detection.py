@@ -11,7 +11,8 @@ from mobilevision.data.shapes import ensure_shapes
 from mobilevision.ops.matcher import encode_targets
 from mobilevision.tasks import get_task
 
-PARAMS = {"num_train": 24, "num_val": 8, "image_size": 128, "seed": 0}
+PARAMS = {"num_train": 24, "num_val": 8, "image_size": 128, "seed": 0,
+          "texture_contrast": 0.3, "min_size_frac": 0.15}  # as shapes_ssdlite.yaml
 
 
 @pytest.fixture(scope="module")
