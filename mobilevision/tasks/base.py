@@ -6,7 +6,7 @@ from pathlib import Path
 
 import keras
 
-from mobilevision.backbones import BACKBONES, DEFAULT_TAPS, FEATURE_SPECS
+from mobilevision.backbones import BACKBONES, DEFAULT_TAPS
 
 
 def kernel_weight_decay(cfg) -> float:
@@ -29,11 +29,6 @@ def build_backbone(cfg, taps=None) -> keras.Model:
         load_weights_by_name(model, b.weights, allow_unused=True)
     model.trainable = b.trainable
     return model
-
-
-def feature_strides(cfg) -> dict[str, int]:
-    b = cfg.model.backbone
-    return {k: s for k, (_, s) in FEATURE_SPECS[b.name](b.alpha, b.output_stride).items()}
 
 
 class Task:

@@ -47,6 +47,7 @@ class DetectionTask(Task):
         self._datasets = {}
         self._evaluators = {}
         self._tfds = {}
+        self._anchors = None
 
     # Anchors and model -------------------------------------------------------------------------
     @property
@@ -54,11 +55,14 @@ class DetectionTask(Task):
         return feature_map_sizes(tuple(self.cfg.model.input_size))
 
     def anchors(self) -> np.ndarray:
-        """(A, 4) anchors in the order of the head's outputs."""
-        a = self.cfg.model.head.anchors
-        h, w = self.cfg.model.input_size
-        return anchor_ops.ssd_anchors(self.feature_sizes, a.min_scale, a.max_scale,
-                                      tuple(a.aspect_ratios), image_size=(h, w))
+        """(A, 4) anchors in the order of the head's outputs; computed once, since post-processing
+        of every batch needs them."""
+        if self._anchors is None:
+            a = self.cfg.model.head.anchors
+            h, w = self.cfg.model.input_size
+            self._anchors = anchor_ops.ssd_anchors(self.feature_sizes, a.min_scale, a.max_scale,
+                                                   tuple(a.aspect_ratios), image_size=(h, w))
+        return self._anchors
 
     def num_anchors(self) -> list[int]:
         a = self.cfg.model.head.anchors
