@@ -92,8 +92,12 @@ def format_table(results: list[dict]) -> str:
     lines = [f"  {'demo':26s}{'metric':>8s}{'value':>8s}{'bar':>7s}{'minutes':>9s}   verdict"]
     for r in results:
         value = "-" if r["value"] is None else f"{r['value']:.3f}"
-        verdict = "OK" if r["passed"] else ("FAILED (exit %s)" % r["returncode"]
-                                             if r["value"] is None else "BELOW BAR")
+        if r["passed"]:
+            verdict = "OK"
+        elif r["value"] is None:
+            verdict = f"FAILED (exit {r['returncode']})"
+        else:
+            verdict = "BELOW BAR" if r["value"] < r["target"] else "OVER TIME"
         lines.append(f"  {r['config']:26s}{r['metric']:>8s}{value:>8s}{r['target']:>7.2f}"
                      f"{r['seconds'] / 60:>9.1f}   {verdict} (bar: >= {r['target']} in "
                      f"<= {r['max_seconds'] / 60:.0f} min)")
