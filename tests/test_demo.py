@@ -43,7 +43,8 @@ def test_shapes_ssdlite_demo_learns_to_detect(tmp_path):
 
 @pytest.mark.slow
 def test_shapes_classifier_demo_learns_to_classify(tmp_path):
-    # A third of the epochs, about 3 minutes: measured top1 0.45, chance 0.2 (the full demo: 0.98).
+    # A third of the epochs, about 3 minutes: measured top1 0.45, chance 0.2
+    # (the full demo: 0.98).
     results, stdout = train_demo("shapes_classifier.yaml", tmp_path, "train.epochs=3")
     print(json.dumps({k: results[k] for k in ("top1", "top5", "num_examples")}))
     assert results["num_examples"] == 500
