@@ -560,7 +560,8 @@ def _label_map(objects, h: int, w: int) -> np.ndarray:
     return label
 
 
-def generate_segmentation(root, num_train: int = 1000, num_val: int = 200, image_size=128, seed: int = 0) -> dict:
+def generate_segmentation(root, num_train: int = 1000, num_val: int = 200, image_size=128, seed: int = 0,
+                          texture_contrast: float = 1.0) -> dict:
     """Write a PASCAL VOC 2012 style semantic segmentation dataset.
 
     Layout:
@@ -575,13 +576,15 @@ def generate_segmentation(root, num_train: int = 1000, num_val: int = 200, image
         num_train, num_val: number of images per split.
         image_size: int or (H, W).
         seed: non-negative int.
+        texture_contrast: background texture contrast (see render_scene).
 
     Returns:
         dict: kind, root, classes (background first), num_classes, ignore_label, image_size [H, W],
         splits {split: {"images": n, "objects": m}}.
     """
     root = Path(root)
-    params = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
+    params = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed,
+              "texture_contrast": texture_contrast}
     _prepare_root(root)
     h, w = _hw(image_size)
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
@@ -594,7 +597,8 @@ def generate_segmentation(root, num_train: int = 1000, num_val: int = 200, image
 
         def make(index, split=split):
             rng = _rng(seed, "segmentation", split, index)
-            image, objects = render_scene(rng, (h, w), num_objects=(1, 4), min_size_frac=0.12, max_size_frac=0.6)
+            image, objects = render_scene(rng, (h, w), num_objects=(1, 4), min_size_frac=0.12, max_size_frac=0.6,
+                                          texture_contrast=texture_contrast)
             image_id = f"{split}_{index:06d}"
             _write_image(root / "JPEGImages" / f"{image_id}.jpg", image)
             label = Image.fromarray(_label_map(objects, h, w))
