@@ -52,29 +52,50 @@ def _prod(dims, what):
     return int(math.prod(dims))
 
 
-def _madds(op, ins, outs) -> dict[str, int]:
-    """Multiply-adds of one call of `op` for one example, by kind. Bias adds are not counted."""
+def _atrous_grid(op, out_spatial):
+    """Output positions a dilated conv computes as TensorFlow runs it.
+
+    TensorFlow (outside TPUs) runs a conv or depthwise conv with dilation rate r > 1 and stride 1
+    as space_to_batch -> dense conv -> batch_to_space: every spatial dim is padded up to a
+    multiple of r, the conv runs on all of it and the extra rows and columns are cropped away. So
+    it computes ceil(H / r) * r by ceil(W / r) * r outputs, not H by W; the MobileNetV2 paper's
+    figures, from TensorFlow's profiler, count that grid (DeepLabv3's 6/12/18 rates on a 32 x 32
+    map compute 36 x 36). A backend with native dilated convs (XLA, JAX) computes H x W only;
+    `profile_model` reports the difference as `atrous_padding_madds`.
+    """
+    rates = tuple(getattr(op, "dilation_rate", None) or ())
+    strides = tuple(getattr(op, "strides", None) or ())
+    if len(rates) != len(out_spatial) or all(r == 1 for r in rates) or any(s != 1 for s in strides):
+        return out_spatial
+    return tuple(None if d is None else -(-d // r) * r for d, r in zip(out_spatial, rates))
+
+
+def _madds(op, ins, outs) -> tuple[dict[str, int], int]:
+    """Multiply-adds of one call of `op` for one example, by kind, and how many of them are the
+    space-to-batch padding of a dilated conv (see `_atrous_grid`). Bias adds are not counted."""
     what = f"layer '{op.name}'"
     if isinstance(op, _CONV_TRANSPOSE):
         # Every input position scatters a k x k x C_out patch per input channel.
         n = _spatial(ins[0].shape, op.data_format)
-        return {"conv": _prod(n, what) * _prod(op.kernel.shape, what)}
-    if isinstance(op, _SEPARABLE):
-        n = _prod(_spatial(outs[0].shape, op.data_format), what)
-        return {"depthwise": n * _prod(op.depthwise_kernel.shape, what),
-                "conv": n * _prod(op.pointwise_kernel.shape, what)}
-    if isinstance(op, _DEPTHWISE):
-        # kernel: (k_h, k_w, C_in, depth_multiplier)
-        n = _prod(_spatial(outs[0].shape, op.data_format), what)
-        return {"depthwise": n * _prod(op.kernel.shape, what)}
-    if isinstance(op, _CONV):
-        # kernel: (k_h, k_w, C_in / groups, C_out); strides and dilation only change H_out, W_out.
-        n = _prod(_spatial(outs[0].shape, op.data_format), what)
-        return {"conv": n * _prod(op.kernel.shape, what)}
+        return {"conv": _prod(n, what) * _prod(op.kernel.shape, what)}, 0
+    if isinstance(op, (_SEPARABLE, _DEPTHWISE, _CONV)):
+        out = tuple(_spatial(outs[0].shape, op.data_format))
+        n = _prod(out, what)
+        grid = _prod(_atrous_grid(op, out), what)
+        if isinstance(op, _SEPARABLE):
+            # The depthwise part runs dilated; the pointwise part on the cropped output.
+            return {"depthwise": grid * _prod(op.depthwise_kernel.shape, what),
+                    "conv": n * _prod(op.pointwise_kernel.shape, what)}, \
+                (grid - n) * _prod(op.depthwise_kernel.shape, what)
+        # depthwise kernel: (k_h, k_w, C_in, depth_multiplier); conv kernel: (k_h, k_w,
+        # C_in / groups, C_out); strides and dilation only change the output positions.
+        kind = "depthwise" if isinstance(op, _DEPTHWISE) else "conv"
+        per_position = _prod(op.kernel.shape, what)
+        return {kind: grid * per_position}, (grid - n) * per_position
     if isinstance(op, keras.layers.Dense):
         n = _prod(outs[0].shape[1:-1], what)  # leading dims when applied to a >2-D tensor
-        return {"dense": n * _prod(op.kernel.shape, what)}
-    return {}
+        return {"dense": n * _prod(op.kernel.shape, what)}, 0
+    return {}, 0
 
 
 def _nbytes(t, batch_size):
@@ -150,11 +171,16 @@ def profile_model(model, batch_size: int = 1, input_shape=None) -> dict:
       - `params`: `model.count_params()`; `trainable_params`.
       - `madds`: multiply-adds for one example. Conv (also strided / dilated / grouped):
         H_out * W_out * k_h * k_w * C_in/groups * C_out; depthwise: H_out * W_out * k_h * k_w *
-        C_in * depth_multiplier; separable: both parts; transposed conv: H_in * W_in * k_h *
+        C_in * depth_multiplier; a dilated stride-1 conv or depthwise conv over its
+        space-to-batch grid, as TensorFlow runs it (H_out, W_out rounded up to multiples of the
+        rate; see `_atrous_grid`); separable: both parts; transposed conv: H_in * W_in * k_h *
         k_w * C_in * C_out; Dense: in * out times the leading (non-batch) dims of its input.
         Nothing else is counted (no bias, BatchNorm, activation, pooling, add).
       - `madds_by_type`: {"conv", "depthwise", "dense"} split of `madds` (the separable
         pointwise part and transposed convs count as "conv").
+      - `atrous_padding_madds`: the part of `madds` that dilated convs spend on the rows and
+        columns TensorFlow's space-to-batch adds and crops away; a backend with native dilated
+        convs does `madds - atrous_padding_madds`.
       - `peak_activation_bytes`: the largest total size of the tensors that must be alive at
         once when the flattened graph runs op by op in Keras' execution order. Counted: the
         model inputs and every op's outputs, each as batch_size * prod(shape[1:]) * dtype size
@@ -189,9 +215,11 @@ def profile_model(model, batch_size: int = 1, input_shape=None) -> dict:
     outputs = walker.run(fn, inputs, ())
 
     madds_by_type = {"conv": 0, "depthwise": 0, "dense": 0}
+    atrous_padding = 0
     rows, seen, notes = [], set(), []
     for op, scope, ins, outs in walker.events:
-        kinds = _madds(op, ins, outs)
+        kinds, padding = _madds(op, ins, outs)
+        atrous_padding += padding
         if not kinds and (isinstance(op, keras.Model) or getattr(op, "_layers", None)):
             notes.append(f"{'/'.join((*scope, op.name))} ({type(op).__name__}) is not a "
                          f"functional model: the MAdds of its sublayers are not counted")
@@ -243,6 +271,7 @@ def profile_model(model, batch_size: int = 1, input_shape=None) -> dict:
         "trainable_params": trainable,
         "madds": int(sum(madds_by_type.values())),
         "madds_by_type": madds_by_type,
+        "atrous_padding_madds": int(atrous_padding),
         "peak_activation_bytes": int(peak),
         "peak_activation_layer": peak_at,
         "batch_size": batch_size,
@@ -269,6 +298,8 @@ def format_profile(profile: dict, layers: bool = True) -> str:
         f"trainable params  {profile['trainable_params']:>15,}",
         f"MAdds             {profile['madds']:>15,}  ({_human(profile['madds'])})",
         "  " + ", ".join(f"{k} {_human(v)}" for k, v in by.items()),
+        *([f"  of which {_human(profile['atrous_padding_madds'])} on the padding of dilated "
+           f"convs (TensorFlow's space-to-batch)"] if profile.get("atrous_padding_madds") else []),
         f"peak activations  {peak:>15,} B  ({peak / 2**20:.2f} MiB at batch "
         f"{profile['batch_size']}, at {profile.get('peak_activation_layer')})",
         f"inputs {profile['input_shapes']}  outputs {profile['output_shapes']}",
