@@ -22,8 +22,8 @@ import yaml
 
 from mobilevision.version import __version__
 
-TASKS = ("classification", "detection")
-DATA_FORMATS = ("folder", "tfds", "coco")
+TASKS = ("classification", "detection", "segmentation")
+DATA_FORMATS = ("folder", "tfds", "coco", "voc")
 SYNTHETIC = ("shapes",)
 OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "exponential", "cosine")
@@ -40,8 +40,8 @@ class Field:
     """One config key: its default and what values it accepts.
 
     kind: "int", "float", "bool", "str", "size" (a list of two positive ints), "floats" (a list
-    of numbers), "strs" (a list of strings), "path" (a string; may not exist yet) or "file" (a
-    string naming an existing file, checked after all overrides). `choices` restricts the value;
+    of numbers), "ints" (a list of integers), "strs" (a list of strings), "path" (a string; may
+    not exist yet) or "file" (a string naming an existing file, checked after all overrides). `choices` restricts the value;
     `nullable` allows null.
     """
 
@@ -70,9 +70,10 @@ SCHEMA: dict[str, Field] = {
     ),
     "model.backbone.bn_momentum": Field(0.999, "float", help="BatchNorm moving-average momentum"),
     "model.backbone.trainable": Field(True, "bool"),
-    "model.head.dropout": Field(0.2, "float", help="classifier dropout before `predictions`"),
+    "model.head.dropout": Field(0.2, "float",
+                                help="dropout before the classifier's `predictions` or DeepLab's logits"),
     # detection head (SSDLite); the reference recipe of ssdlite_mobilenet_v2_coco
-    "model.head.bn_momentum": Field(0.9997, "float", help="BatchNorm momentum in the SSD head"),
+    "model.head.bn_momentum": Field(0.9997, "float", help="BatchNorm momentum in the SSD / DeepLab head"),
     "model.head.anchors.min_scale": Field(0.2, "float"),
     "model.head.anchors.max_scale": Field(0.95, "float"),
     "model.head.anchors.aspect_ratios": Field([1.0, 2.0, 0.5, 3.0, 0.3333], "floats"),
@@ -84,6 +85,12 @@ SCHEMA: dict[str, Field] = {
     "model.head.score_threshold": Field(0.01, "float"),
     "model.head.max_detections": Field(100, "int"),
     "model.head.draw_threshold": Field(0.3, "float", help="predict: draw boxes scoring at least"),
+    # segmentation head (DeepLabv3 on block_16_project; PAPER.md Table 7)
+    "model.head.aspp": Field(True, "bool", help="DeepLabv3: add the 3x3 atrous (ASPP) branches"),
+    "model.head.aspp_rates": Field(None, "ints", nullable=True,
+                                   help="DeepLabv3 atrous rates; null: 6/12/18 at output stride 16, "
+                                        "12/24/36 at 8, 3/6/9 at 32"),
+    "model.head.channels": Field(256, "int", help="DeepLabv3: channels of each branch and the projection"),
     # data
     "data.format": Field("folder", "str", DATA_FORMATS),
     "data.root": Field("data", "path", help="dataset root directory"),
@@ -101,6 +108,17 @@ SCHEMA: dict[str, Field] = {
                                        help="detection: smallest object / short side; null: 0.08"),
     "data.coco.images": Field("{split}", "str", help="image folder under data.root"),
     "data.coco.annotations": Field("annotations/instances_{split}.json", "str"),
+    "data.voc.images": Field("JPEGImages", "str", help="segmentation, voc: image folder under data.root"),
+    "data.voc.masks": Field("SegmentationClass", "str", help="segmentation, voc: palette PNG label maps"),
+    "data.voc.list": Field("ImageSets/Segmentation/{split}.txt", "str",
+                           help="segmentation, voc: the split's image ids, one a line"),
+    "data.folder.images": Field("{split}/images", "str",
+                                help="segmentation, folder: image folder under data.root"),
+    "data.folder.masks": Field("{split}/masks", "str",
+                               help="segmentation, folder: PNG label maps named as their images"),
+    "data.classes_file": Field("classes.txt", "str", nullable=True,
+                               help="segmentation: class names one a line, background first, under "
+                                    "data.root; voc without the file: the 21 VOC classes"),
     "data.skip_invalid": Field(False, "bool",
                                help="skip (and count) bad annotations and missing images"),
     "data.tfds.name": Field(None, "str", nullable=True, help="TFDS dataset name, e.g. imagenet2012"),
@@ -111,6 +129,8 @@ SCHEMA: dict[str, Field] = {
     "data.augment.crop_scale": Field([0.08, 1.0], "floats", help="area fraction range of the crop"),
     "data.augment.crop_ratio": Field([0.75, 1.3333], "floats", help="aspect ratio range"),
     "data.augment.flip": Field(True, "bool", help="random horizontal flip"),
+    "data.augment.scale_range": Field([0.5, 2.0], "floats",
+                                      help="segmentation: random scale range before the crop"),
     "data.augment.ssd_crop": Field(True, "bool", help="detection: SSD random crop"),
     "data.augment.photometric": Field(True, "bool", help="detection: colour distortion"),
     "data.augment.zoom_out": Field(False, "bool", help="detection: zoom out (SSD expand)"),
@@ -133,9 +153,15 @@ SCHEMA: dict[str, Field] = {
     "train.lr_schedule.warmup_epochs": Field(0.0, "float"),
     "train.weight_decay": Field(4e-5, "float", help="L2 on conv and dense kernels (TF-slim scale)"),
     "train.label_smoothing": Field(0.1, "float"),
+    "train.class_weights": Field(None, "floats", nullable=True,
+                                 help="segmentation: loss weight per class (model.num_classes numbers)"),
     "train.precision": Field("float32", "str", PRECISIONS),
     "train.eval_every": Field(1, "int", help="validate every N epochs"),
     "train.verbose": Field("auto", "str", ("auto", "0", "1", "2")),
+    # evaluation
+    "eval.scales": Field([1.0], "floats",
+                         help="segmentation: test scales; the paper's MF: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]"),
+    "eval.flip": Field(False, "bool", help="segmentation: also average left-right flipped inputs"),
 }
 
 
@@ -258,6 +284,10 @@ def _check_type(key: str, value, where: str):
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise bad("a list of numbers")
         value = [float(v) for v in value]
+    elif kind == "ints":
+        if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad("a list of integers")
     elif kind == "strs":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad("a list of strings")
@@ -378,12 +408,37 @@ def _validate(cfg: Config, source, check_files: bool) -> None:
         raise ConfigError(f"{where}: key 'model.num_classes' must be at least 1")
     if cfg.train.batch_size < 1 or cfg.train.epochs < 0:
         raise ConfigError(f"{where}: 'train.batch_size' must be >= 1 and 'train.epochs' >= 0")
-    readable = {"classification": ("folder", "tfds"), "detection": ("coco", "tfds")}
+    readable = {"classification": ("folder", "tfds"), "detection": ("coco", "tfds"),
+                "segmentation": ("voc", "coco", "folder")}
     if cfg.data.format not in readable[cfg.task]:
         raise ConfigError(f"{where}: task '{cfg.task}' does not read data.format "
                           f"'{cfg.data.format}'; it reads {' or '.join(readable[cfg.task])}")
+    if cfg.task == "segmentation":
+        _validate_segmentation(cfg, where)
     if cfg.data.format == "tfds" and not cfg.data.tfds.name:
         raise ConfigError(f"{where}: data.format is 'tfds' but key 'data.tfds.name' is not set")
+
+
+def _validate_segmentation(cfg: Config, where: str) -> None:
+    weights = cfg.train.class_weights
+    if weights is not None and (len(weights) != cfg.model.num_classes or min(weights) < 0):
+        raise ConfigError(f"{where}: key 'train.class_weights' needs model.num_classes "
+                          f"({cfg.model.num_classes}) non-negative numbers, got {weights}")
+    if not cfg.eval.scales or min(cfg.eval.scales) <= 0:
+        raise ConfigError(f"{where}: key 'eval.scales' needs at least one positive scale, "
+                          f"got {cfg.eval.scales}")
+    lo, hi = (cfg.data.augment.scale_range + [0, 0])[:2]
+    if len(cfg.data.augment.scale_range) != 2 or not 0 < lo <= hi:
+        raise ConfigError(f"{where}: key 'data.augment.scale_range' expects [min, max] with "
+                          f"0 < min <= max, got {cfg.data.augment.scale_range}")
+    rates = cfg.model.head.aspp_rates
+    if rates is not None and (not rates or min(rates) < 1):
+        raise ConfigError(f"{where}: key 'model.head.aspp_rates' expects positive integers, "
+                          f"got {rates}")
+    if not 2 <= cfg.model.num_classes <= 255:
+        raise ConfigError(f"{where}: key 'model.num_classes' counts the background and must be "
+                          f"2..255 for segmentation (label maps are 8-bit, 255 = ignore), got "
+                          f"{cfg.model.num_classes}")
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

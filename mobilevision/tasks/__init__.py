@@ -3,8 +3,10 @@
 from mobilevision.tasks.base import Task, build_backbone
 from mobilevision.tasks.classification import ClassificationTask
 from mobilevision.tasks.detection import DetectionTask
+from mobilevision.tasks.segmentation import SegmentationTask
 
-TASKS = {"classification": ClassificationTask, "detection": DetectionTask}
+TASKS = {"classification": ClassificationTask, "detection": DetectionTask,
+         "segmentation": SegmentationTask}
 
 
 def get_task(cfg) -> Task:

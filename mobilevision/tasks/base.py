@@ -72,8 +72,6 @@ class Task:
     def predict(self, model: keras.Model, paths, out_dir, class_names=None) -> list[dict]:
         """Run on image files; write `<stem>.jpg` annotated into out_dir and return one result
         per file ({"file", ...} or {"file", "error"} for an unreadable one)."""
-        import cv2
-
         from mobilevision.data.decode import ImageDecodeError, read_image
 
         out_dir = Path(out_dir)
@@ -86,9 +84,15 @@ class Task:
                 results.append({"file": str(path), "error": str(e)})
                 continue
             result, canvas = self.predict_image(model, image, class_names)
-            cv2.imwrite(str(out_dir / f"{Path(path).stem}.jpg"), canvas)
+            self.write_prediction(out_dir, Path(path).stem, canvas)
             results.append({"file": str(path), **result})
         return results
+
+    def write_prediction(self, out_dir, stem: str, canvas) -> None:
+        """Write what `predict_image` drew for one image: `<stem>.jpg` (tasks override)."""
+        import cv2
+
+        cv2.imwrite(str(Path(out_dir) / f"{stem}.jpg"), canvas)
 
     def predict_image(self, model, image, class_names):
         """image (h, w, 3) uint8 RGB -> (result dict, annotated BGR image to write)."""
