@@ -134,13 +134,16 @@ def main(argv=None) -> int:
             print(f"  {config}: training from nothing in {workdir} ...", flush=True)
             results.append(run_demo(config, overrides, workdir, args.timeout))
             print(format_table(results[-1:]).splitlines()[-1], flush=True)
-            # After every demo, so an interrupted series keeps the ones that finished.
-            write_json(args.json_out, {"timestamp": utc_timestamp(),
-                                       "cpu_count": os.cpu_count(), "results": results})
+            if args.json_out != "-":  # after every demo: an interrupted series keeps them
+                write_json(args.json_out, {"timestamp": utc_timestamp(),
+                                           "cpu_count": os.cpu_count(), "results": results})
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    print(format_table(results))
+    print(format_table(results), file=sys.stderr if args.json_out == "-" else sys.stdout)
+    if args.json_out == "-":
+        write_json("-", {"timestamp": utc_timestamp(), "cpu_count": os.cpu_count(),
+                         "results": results})
     if args.json_out != "-":
         print(f"  wrote {args.json_out}")
     return 0 if all(r["passed"] for r in results) else 1
