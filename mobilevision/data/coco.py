@@ -55,7 +55,9 @@ class CocoDataset:
         return np.asarray(self.category_ids, np.int64)[np.asarray(labels, np.int64) - 1]
 
 
-def _load_json(path: Path) -> dict:
+def load_instances_json(path: Path) -> dict:
+    """The parsed COCO instances file at `path`; DatasetError naming it when it is missing, not
+    JSON, or lacks the lists `images`, `annotations` and `categories`."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -80,7 +82,7 @@ def read_coco(annotation_file, image_dir, *, skip_invalid: bool = False,
     recorded in `skipped`. Images without annotations are kept (negatives).
     """
     annotation_file, image_dir = Path(annotation_file), Path(image_dir)
-    data = _load_json(annotation_file)
+    data = load_instances_json(annotation_file)
     cats = sorted(data["categories"], key=lambda c: c["id"])
     category_ids = [int(c["id"]) for c in cats]
     names = [str(c.get("name", c["id"])) for c in cats]

@@ -22,7 +22,6 @@ reported (`mobilevision.data.skips.SKIPPED`), as every other reader does.
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mobilevision.data.coco import load_instances_json
 from mobilevision.data.decode import ImageDecodeError, is_image_file, read_image
 from mobilevision.data.image_folder import DatasetError
 from mobilevision.data.skips import SKIPPED
@@ -234,17 +234,7 @@ def read_coco_segmentation(annotation_file, image_dir, *, skip_invalid: bool = F
     Returns (records in image-id order, class names)."""
     annotation_file, image_dir = Path(annotation_file), Path(image_dir)
     skipped = {} if skipped is None else skipped
-    try:
-        with open(annotation_file, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f"{annotation_file}: annotation file not found") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{annotation_file}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DatasetError(f"{annotation_file}: expected a COCO instances file with a list "
-                               f"under '{key}'")
+    data = load_instances_json(annotation_file)
     categories = sorted(data["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: i + 1 for i, c in enumerate(categories)}
     names = ["background", *(str(c["name"]) for c in categories)]
