@@ -1,4 +1,4 @@
-"""The `mobilevision` command: train, evaluate, predict, profile.
+"""The `mobilevision` command: train, evaluate, predict, export, profile.
 
 Every command takes `--config NAME.yaml` (a path, else a bundled config) and trailing
 `key=value` overrides, e.g. `mobilevision train --config shapes_classifier.yaml train.epochs=3`.
@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("evaluate", "evaluate a checkpoint; writes eval.json and prints the metrics")
     c.add_argument("--weights", help="weights file (default: the run's best checkpoint)")
+    c.add_argument("--model", help="evaluate an exported file instead (.tflite, .onnx or a "
+                                   "SavedModel folder); results go to <file>.eval.json")
+    c.add_argument("--threads", type=int, help="with --model: runtime threads (default: all)")
     c.add_argument("--split", help="dataset split (default data.val_split)")
     c.add_argument("--output", help="run directory (default runs/<config name>)")
 
@@ -40,6 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--input", required=True, help="an image file or a folder of images")
     c.add_argument("--weights", help="weights file (default: the run's best checkpoint)")
     c.add_argument("--output", help="output folder (default runs/<config name>/predictions)")
+
+    from mobilevision.export.formats import FORMATS
+
+    c = command("export", "write the model for apps and servers: " + ", ".join(FORMATS))
+    c.add_argument("--weights", help="weights file (default: the run's best checkpoint)")
+    c.add_argument("--format", required=True, metavar="F[,F...]",
+                   help=f"one or more of {', '.join(FORMATS)} (comma-separated), or all")
+    c.add_argument("--output", help="output folder (default runs/<config name>/export)")
+    c.add_argument("--calibration-images", type=int, metavar="N",
+                   help="tflite_int8: calibrate on the first N train images (default 200)")
+    c.add_argument("--input-type", choices=("uint8", "float32"),
+                   help="tflite_int8: the input tensor's type (default uint8)")
+    c.add_argument("--opset", type=int, help="onnx: the ONNX opset (default: the exporter's)")
+    c.add_argument("--nms", choices=("regular", "fast"), default="regular",
+                   help="detection TFLite: per-class NMS as in evaluation (regular, default) or "
+                        "the post-process op's faster class-agnostic one")
 
     c = command("profile", "parameters, multiply-adds, peak activation memory, feature taps")
     c.add_argument("--json", action="store_true", help="print one JSON object")
@@ -53,12 +72,13 @@ def main(argv=None) -> int:
     from mobilevision.config import ConfigError
     from mobilevision.data.decode import ImageDecodeError
     from mobilevision.data.image_folder import DatasetError
+    from mobilevision.export.formats import ExportError
     from mobilevision.tasks.trainer import TrainingError
 
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, DatasetError, TrainingError, WeightsMismatchError, WeightsFileError,
-            ImageDecodeError,
+            ImageDecodeError, ExportError,
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -87,6 +107,8 @@ def _evaluate(args) -> int:
     from mobilevision.tasks.trainer import dumps_metrics, evaluate_run, run_dir_for
 
     cfg = load_config(args.config, args.overrides)
+    if args.model:
+        return _evaluate_exported(cfg, args)
     run = run_dir_for(cfg, args.output)
     weights = args.weights
     if weights and not Path(weights).is_file():
@@ -99,12 +121,82 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _evaluate_exported(cfg, args) -> int:
+    """Evaluate an exported file with the task's own metrics; write <file>.eval.json."""
+    from mobilevision.data.skips import SKIPPED
+    from mobilevision.export.runtime import load_exported
+    from mobilevision.tasks import get_task
+    from mobilevision.tasks.trainer import dumps_metrics, report_skips
+    from mobilevision.utils import atomic_write_json
+
+    if args.weights:
+        raise FileNotFoundError("--weights and --model exclude each other: an exported file "
+                                "holds its weights")
+    task = get_task(cfg)
+    task.prepare_data()
+    model = load_exported(args.model, task, num_threads=args.threads)
+    split = args.split or cfg.data.val_split
+    results = task.evaluate(model, split)
+    results["model"] = str(args.model)
+    results["skipped_files"] = SKIPPED.items()
+    report_skips()
+    out = Path(args.output) / "eval.json" if args.output else Path(
+        str(args.model).rstrip("/") + ".eval.json")
+    atomic_write_json(out, results)
+    print(f"wrote {out}", file=sys.stderr)
+    print(dumps_metrics(results))
+    return 0
+
+
+def _export(args) -> int:
+    from mobilevision.config import load_config
+    from mobilevision.export import export_model, parse_formats
+    from mobilevision.tasks import get_task
+    from mobilevision.tasks.trainer import run_dir_for
+
+    cfg = load_config(args.config, args.overrides)
+    formats = parse_formats(args.format)
+    run = run_dir_for(cfg)
+    weights = _weights_or_best(cfg, run, args.weights)
+    task = get_task(cfg)
+    model = task.build_model()
+    if weights is not None:
+        from mobilevision.backbones.weights import load_weights_by_name
+
+        load_weights_by_name(model, weights, allow_unused=True)
+    out = Path(args.output or run / "export")
+    print(f"exporting {cfg.name} ({weights or cfg.model.weights}) to {out}")
+    export_model(task, model, formats, out, calibration_images=args.calibration_images,
+                 input_type=args.input_type, opset=args.opset, nms=args.nms)
+    print(f"labels: {out / 'labels.txt'}")
+    return 0
+
+
+def _weights_or_best(cfg, run, weights):
+    """--weights if given (must exist), else model.weights, else the run's best (or last)
+    checkpoint; an error when there is none, since exporting untrained weights helps no one."""
+    from mobilevision.tasks.trainer import BEST, LAST
+
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"--weights {weights}: no such file")
+        return weights
+    if cfg.model.weights:
+        return None  # build_model loads it
+    found = next((run / "checkpoints" / n for n in (BEST, LAST)
+                  if (run / "checkpoints" / n).exists()), None)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}: train first, or pass "
+                                f"--weights FILE")
+    return found
+
+
 def _predict(args) -> int:
     from mobilevision.backbones.weights import load_weights_by_name
     from mobilevision.config import load_config
     from mobilevision.data.decode import is_image_file
     from mobilevision.tasks import get_task
-    from mobilevision.tasks.trainer import BEST, LAST, run_dir_for
+    from mobilevision.tasks.trainer import run_dir_for
     from mobilevision.utils import atomic_write_json
 
     cfg = load_config(args.config, args.overrides)
@@ -118,13 +210,7 @@ def _predict(args) -> int:
         paths = [str(src)]
     else:
         raise FileNotFoundError(f"--input {src}: no such file or folder")
-    weights = args.weights
-    if weights is None and not cfg.model.weights:
-        weights = next((run / "checkpoints" / n for n in (BEST, LAST)
-                        if (run / "checkpoints" / n).exists()), None)
-        if weights is None:
-            raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}: train first, or pass "
-                                    f"--weights FILE")
+    weights = _weights_or_best(cfg, run, args.weights)
     task = get_task(cfg)
     model = task.build_model()
     if weights is not None:
@@ -169,7 +255,8 @@ def _profile(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "profile": _profile}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
+            "profile": _profile}
 
 
 if __name__ == "__main__":

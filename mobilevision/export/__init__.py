@@ -1,0 +1,99 @@
+"""Export a trained model for apps and servers: SavedModel, TFLite (float32, float16, int8, with
+TFLite Metadata) and ONNX. The table of formats is `formats.FORMATS`; `export_model` writes any
+of them from a config and a checkpoint; `runtime.load_exported` runs a file for evaluation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mobilevision.export.formats import FORMATS, ExportError, get_format
+
+DEFAULT_CALIBRATION_IMAGES = 200
+TFLITE_QUANTIZATION = {"tflite": "float32", "tflite_fp16": "float16", "tflite_int8": "int8"}
+
+
+def parse_formats(text: str) -> list[str]:
+    """"tflite,onnx" or "all" -> format names, each checked against the table."""
+    names = list(FORMATS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ExportError("--format: name at least one format")
+    return [get_format(n).name for n in names]
+
+
+def export_model(task, model, formats, output_dir, *, calibration_images: int | None = None,
+                 input_type: str | None = None, opset: int | None = None, nms: str = "regular",
+                 log=print) -> list[dict]:
+    """Write `model` in each of `formats` into output_dir, with labels.txt beside them.
+
+    Options apply only to the formats that take them (formats.FORMATS[...].options); giving one
+    to no format that takes it is an error rather than silently ignored.
+    Returns one record per format: {"format", "path", "bytes", "seconds"}."""
+    from mobilevision.utils import atomic_write_text
+
+    formats = [get_format(f) for f in formats]
+    given = {"calibration_images": calibration_images, "input_type": input_type, "opset": opset}
+    for option, value in given.items():
+        if value is not None and not any(option in f.options for f in formats):
+            takers = [f.name for f in FORMATS.values() if option in f.options]
+            raise ExportError(f"--{option.replace('_', '-')} applies to {', '.join(takers)} only")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = task.cfg.name
+    labels = list(task.class_names)
+    atomic_write_text(out / "labels.txt", "\n".join(labels) + "\n")
+    records = []
+
+    def done(fmt, path, start):
+        size = (sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+                if Path(path).is_dir() else Path(path).stat().st_size)
+        records.append({"format": fmt.name, "path": str(path), "bytes": size,
+                        "seconds": round(time.perf_counter() - start, 1)})
+        log(f"{fmt.name:12s} {path}  ({size / 2**20:.2f} MiB, {records[-1]['seconds']} s)")
+
+    tflite = [f for f in formats if f.name in TFLITE_QUANTIZATION]
+    if tflite:
+        start = time.perf_counter()
+        _export_tflite(task, model, tflite, out, name, labels, calibration_images, input_type,
+                       nms, lambda fmt, path: done(fmt, path, start), log)
+    for fmt in formats:
+        start = time.perf_counter()
+        path = out / fmt.filename.format(name=name)
+        if fmt.name == "saved_model":
+            from mobilevision.export.saved_model import export_saved_model
+
+            export_saved_model(task, model, path)
+            done(fmt, path, start)
+        elif fmt.name == "onnx":
+            from mobilevision.export.onnx import export_onnx
+
+            export_onnx(model, path, **({"opset": opset} if opset else {}))
+            done(fmt, path, start)
+    order = {f.name: i for i, f in enumerate(formats)}
+    return sorted(records, key=lambda r: order[r["format"]])
+
+
+def _export_tflite(task, model, formats, out, name, labels, calibration_images, input_type, nms,
+                   done, log):
+    from mobilevision import __version__
+    from mobilevision.export.metadata import add_metadata
+    from mobilevision.export.tflite import calibration_images as read_calibration
+    from mobilevision.export.tflite import convert_tflite_many
+    from mobilevision.utils import atomic_write_bytes
+
+    quantizations = [TFLITE_QUANTIZATION[f.name] for f in formats]
+    calibration = None
+    if "int8" in quantizations:
+        count = calibration_images or DEFAULT_CALIBRATION_IMAGES
+        calibration = read_calibration(task, count)
+        log(f"int8 calibration: {len(calibration)} images of split {task.cfg.data.train_split!r}")
+    files = convert_tflite_many(task, model, quantizations, nms=nms, calibration=calibration,
+                                input_type=input_type or "uint8")
+    for fmt, q in zip(formats, quantizations):
+        data = add_metadata(files[q], task=task.name, labels=labels,
+                            name=f"{name} ({model.name}, {q})",
+                            description=f"mobilevision {task.name} model exported from {name}",
+                            version=__version__)
+        path = out / fmt.filename.format(name=name)
+        atomic_write_bytes(path, data)
+        done(fmt, path)

@@ -137,10 +137,34 @@ class ClassificationTask(Task):
 
         ds, n = self.build_dataset(split, training=False)
         before = len(SKIPPED)
-        logs = model.evaluate(ds, return_dict=True, verbose=0)
+        if isinstance(model, keras.Model):
+            logs = model.evaluate(ds, return_dict=True, verbose=0)
+        else:  # an exported file (export.runtime): the same metrics, summed here
+            logs = self._evaluate_exported(model, ds)
         return {"top1": float(logs["top1"]), "top5": float(logs["top5"]),
                 "loss": float(logs["loss"]), "num_examples": n - (len(SKIPPED) - before),
                 "split": split}
+
+    def _evaluate_exported(self, model, ds) -> dict:
+        """top1, top5 and the loss of a runner's probabilities over `ds` (images, one-hot labels,
+        weights), weighted as `model.evaluate` weights them (corrupt files weigh 0)."""
+        k = min(5, self.cfg.model.num_classes)
+        eps = self.cfg.train.label_smoothing
+        total = top1 = top5 = loss = 0.0
+        for images, onehot, weight in ds.as_numpy_iterator():
+            probs = np.asarray(model.predict_on_batch(images), np.float32)
+            label = onehot.argmax(-1)
+            # Rank of the true class: how many classes score higher (ties count for it, as
+            # keras's in_top_k does).
+            rank = (probs > probs[np.arange(len(label)), label][:, None]).sum(-1)
+            smooth = onehot * (1 - eps) + eps / onehot.shape[-1]
+            ce = -(smooth * np.log(np.clip(probs, 1e-7, 1.0))).sum(-1)
+            total += weight.sum()
+            top1 += (weight * (rank < 1)).sum()
+            top5 += (weight * (rank < k)).sum()
+            loss += (weight * ce).sum()
+        total = max(total, 1e-12)
+        return {"top1": top1 / total, "top5": top5 / total, "loss": loss / total}
 
     def predict_image(self, model, image, class_names, top_k=5):
         """-> ({"predictions": [{"class", "class_id", "score"}, ...top 5]}, the image with the top

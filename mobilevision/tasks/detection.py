@@ -193,11 +193,16 @@ class DetectionTask(Task):
     def postprocess(self, outputs):
         """Raw outputs -> (boxes (B, D, 4) normalized yxyx, scores (B, D), labels (B, D) 1..K,
         counts (B,)), after decoding and per-class NMS (IoU, score threshold and max detections
-        from `model.head.*`)."""
+        from `model.head.*`). Outputs an exported file already decoded (`export.runtime`) pass
+        through, clipped."""
         from mobilevision.ops import box_coder
         from mobilevision.ops.boxes import clip_boxes
         from mobilevision.ops.nms import multiclass_nms
 
+        if "num_detections" in outputs:
+            # Already decoded by an exported file (export.runtime): clip as Keras's path does.
+            return (np.clip(outputs["detection_boxes"], 0.0, 1.0), outputs["detection_scores"],
+                    outputs["detection_classes"], outputs["num_detections"])
         h = self.cfg.model.head
         boxes = clip_boxes(box_coder.decode(np.asarray(outputs["boxes"]), self.anchors()))
         logits = np.asarray(outputs["classes"], np.float32)

@@ -246,6 +246,12 @@ class SegmentationTask(Task):
 
         scales = list(scales or self.cfg.eval.scales)
         flip = self.cfg.eval.flip if flip is None else flip
+        if not isinstance(model, keras.Model) and scales != [1.0]:
+            from mobilevision.config import ConfigError
+
+            raise ConfigError(f"eval.scales is {scales}, but an exported model has one fixed "
+                              f"input size: evaluate it with eval.scales=[1.0] (and the Keras "
+                              f"model the same way, to compare)")
         data = self.dataset(split)
         k = self.cfg.model.num_classes
         ds, n = self.build_dataset(split, training=False)

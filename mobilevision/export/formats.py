@@ -1,0 +1,70 @@
+"""The export table: one row per format. It drives the command line's choices, validation and
+error messages, the file names, and the README's export section (`formats_markdown`; a test
+checks the README holds the current rendering).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str          # what --format takes
+    filename: str      # written into --output; {name} is the config's name
+    runtime: str       # what loads it
+    computes: str      # what the file computes, for every task
+    options: tuple = ()  # export options that apply (`--calibration-images` ...)
+    extra: str = ""    # pip extra it needs beyond the base install
+
+
+FORMATS = {f.name: f for f in (
+    ExportFormat("saved_model", "{name}_saved_model", "TensorFlow, TF Serving",
+                 "signature `serving_default` takes uint8 images (N, H, W, 3) and returns decoded "
+                 "results; `serving_float` takes float32 0..255"),
+    ExportFormat("tflite", "{name}.tflite", "LiteRT, MediaPipe Tasks",
+                 "float32, batch 1, with TFLite Metadata (normalization, labels, output names)"),
+    ExportFormat("tflite_fp16", "{name}_fp16.tflite", "LiteRT, MediaPipe Tasks",
+                 "as `tflite` with float16 weights (half the size; computes in float32 on CPU)"),
+    ExportFormat("tflite_int8", "{name}_int8.tflite", "LiteRT, MediaPipe Tasks",
+                 "full-integer int8, calibrated on `--calibration-images` of the train split; "
+                 "uint8 input (or float32 with `--input-type float32`), float32 outputs",
+                 options=("calibration_images", "input_type")),
+    ExportFormat("onnx", "{name}.onnx", "onnxruntime",
+                 "the Keras model's raw outputs (float32 input 0..255, dynamic batch)",
+                 options=("opset",), extra="onnx"),
+)}
+
+# What the decoded outputs are, per task (SavedModel signatures and TFLite files; ONNX keeps the
+# raw outputs, decoded by the same code as Keras's in `scripts/evaluate.py`).
+TASK_OUTPUTS = {
+    "classification": "`probabilities` (N, K)",
+    "detection": "`boxes` (N, D, 4) [ymin, xmin, ymax, xmax] normalized, `classes` (N, D) index "
+                 "into labels.txt, `scores` (N, D), `count` (N,); TFLite ends in "
+                 "`TFLite_Detection_PostProcess` with the anchors embedded",
+    "segmentation": "`scores` (N, H, W, K) softmax at the input resolution (SavedModel also "
+                    "`labels` (N, H, W))",
+}
+
+
+class ExportError(ValueError):
+    """An export request that cannot be met (unknown format, option not for this format ...)."""
+
+
+def get_format(name: str) -> ExportFormat:
+    if name not in FORMATS:
+        raise ExportError(f"--format {name!r}: unknown export format; choose one of "
+                          f"{', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def formats_markdown() -> str:
+    """The README's export tables, rendered from FORMATS and TASK_OUTPUTS."""
+    rows = ["| format | file | runs in | computes |", "|---|---|---|---|"]
+    for f in FORMATS.values():
+        extra = f" (needs `pip install \"mobilevision[{f.extra}]\"`)" if f.extra else ""
+        rows.append(f"| `{f.name}` | `{f.filename.format(name='<config>')}` | {f.runtime} | "
+                    f"{f.computes}{extra} |")
+    rows += ["", "| task | decoded outputs |", "|---|---|"]
+    rows += [f"| {task} | {text} |" for task, text in TASK_OUTPUTS.items()]
+    return "\n".join(rows)

@@ -1,0 +1,61 @@
+"""SavedModel export through Keras's own `ExportArchive`, which tracks the model's variables so
+the file holds its weights (wrapping the model in a bare tf.Module does not, and the TFLite
+converter then silently makes a weightless file)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def write_saved_model(path, model, endpoints: dict) -> Path:
+    """Write a SavedModel of `model` at `path` (a folder, replaced whole and atomically: written
+    beside it, then renamed).
+
+    endpoints: {signature name: (fn, [tf.TensorSpec, ...])}; fn takes the specs' tensors and
+    returns a dict of tensors. The first becomes also `serving_default` if none is named so."""
+    import keras
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, (fn, specs) in endpoints.items():
+        archive.add_endpoint(name=name, fn=fn, input_signature=specs)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def export_saved_model(task, model, path) -> Path:
+    """The serving SavedModel: `serving_default` takes uint8 images (N, H, W, 3) at the model's
+    input size, `serving_float` float32 0..255; both return `serving.decoded_outputs`."""
+    import tensorflow as tf
+
+    from mobilevision.export.serving import decoded_outputs
+
+    h, w = task.cfg.model.input_size
+
+    def serve_uint8(images):
+        return decoded_outputs(task, model, tf.cast(images, tf.float32))
+
+    def serve_float(images):
+        return decoded_outputs(task, model, images)
+
+    return write_saved_model(path, model, {
+        "serving_default": (serve_uint8, [tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")]),
+        "serving_float": (serve_float, [tf.TensorSpec([None, h, w, 3], tf.float32, name="images")]),
+    })

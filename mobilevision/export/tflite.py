@@ -1,0 +1,156 @@
+"""TFLite conversion: float32, float16 weights, or full-integer int8 calibrated on the train split.
+
+The route is the one that keeps the weights: a SavedModel written by Keras's `ExportArchive`
+(`saved_model.write_saved_model`), then `TFLiteConverter.from_saved_model`. Only builtin ops are
+allowed, plus the one custom op LiteRT and MediaPipe ship (TFLite_Detection_PostProcess); a file
+that would need Flex (SELECT_TF_OPS) ops, which apps cannot run, is refused.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mobilevision.export.formats import ExportError
+
+QUANTIZATIONS = ("float32", "float16", "int8")
+
+
+def calibration_images(task, count: int) -> np.ndarray:
+    """The first `count` readable images of the config's train split, preprocessed as for
+    evaluation and resized to the model's input size: (count, H, W, 3) float32 0..255."""
+    import tensorflow as tf
+
+    task.prepare_data()
+    size = tuple(task.cfg.model.input_size)
+    ds, _ = task.build_dataset(task.cfg.data.train_split, training=False)
+    images = []
+    for element in ds:
+        # Every task's evaluation pipeline ends its elements with a per-example "readable" flag
+        # (0 for a corrupt file); the images come first, batched or not.
+        batch, ok = element[0], tf.reshape(tf.cast(element[-1], tf.float32), [-1])
+        if batch.shape.rank == 3:
+            batch = batch[None]
+        for image, good in zip(tf.unstack(batch), ok.numpy()):
+            if good > 0:
+                if tuple(image.shape[:2]) != size:
+                    image = tf.image.resize(image, size, method="bilinear")
+                images.append(np.asarray(image, np.float32))
+            if len(images) == count:
+                return np.stack(images)
+    if not images:
+        raise ExportError(f"calibration: no readable image in split {task.cfg.data.train_split!r}")
+    return np.stack(images)
+
+
+def convert_tflite(task, model, quantization: str = "float32", *, nms: str = "regular",
+                   calibration: np.ndarray | None = None, input_type: str = "uint8") -> bytes:
+    """The model as a TFLite flatbuffer (no metadata yet; see `metadata.add_metadata`).
+
+    Args:
+      task, model: the task and its Keras model (weights loaded).
+      quantization: "float32", "float16" (weights stored in float16) or "int8" (full-integer:
+        every op in int8, calibrated on `calibration`).
+      nms: detection only, "regular" (per-class, as Keras evaluation) or "fast".
+      calibration: int8 only, (n, H, W, 3) float32 0..255 images (`calibration_images`).
+      input_type: int8 only, "uint8" (pixels as they come from a camera; the input quantization
+        is fitted to 0..255) or "float32".
+
+    Returns the file's bytes: input `image` (1, H, W, 3), outputs as `serving.tflite_outputs`.
+    """
+    return convert_tflite_many(task, model, (quantization,), nms=nms, calibration=calibration,
+                               input_type=input_type)[quantization]
+
+
+def convert_tflite_many(task, model, quantizations, **kwargs) -> dict[str, bytes]:
+    """`convert_tflite` for several quantizations from one SavedModel (written once: it is the
+    slow half of a conversion). Returns {quantization: bytes}."""
+    import tensorflow as tf
+
+    from mobilevision.export.saved_model import write_saved_model
+    from mobilevision.export.serving import tflite_outputs
+
+    nms = kwargs.pop("nms", "regular")
+    for q in quantizations:
+        if q not in QUANTIZATIONS:
+            raise ExportError(f"quantization {q!r}: choose one of {', '.join(QUANTIZATIONS)}")
+    h, w = task.cfg.model.input_size
+
+    def serve(image):
+        return tflite_outputs(task, model, image, nms=nms)
+
+    with tempfile.TemporaryDirectory(prefix="mobilevision_tflite_") as tmp:
+        path = write_saved_model(Path(tmp) / "saved_model", model, {
+            "serving_default": (serve, [tf.TensorSpec([1, h, w, 3], tf.float32, name="image")])})
+        return {q: _convert(task, model, path, q, **kwargs) for q in quantizations}
+
+
+def _convert(task, model, saved_model, quantization, calibration=None, input_type="uint8") -> bytes:
+    import tensorflow as tf
+
+    if quantization == "int8" and (calibration is None or not len(calibration)):
+        raise ExportError("int8 quantization needs calibration images")
+    if input_type not in ("uint8", "float32"):
+        raise ExportError(f"--input-type {input_type!r}: choose uint8 or float32")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.allow_custom_ops = task.name == "detection"  # TFLite_Detection_PostProcess only
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([x[None]] for x in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8 if input_type == "uint8" else tf.float32
+        converter.inference_output_type = tf.float32
+    data = converter.convert()
+    check_ops(data, allow_custom=(DETECTION_OPS if task.name == "detection" else ()))
+    check_weights(data, model, quantization)
+    return data
+
+
+DETECTION_OPS = ("TFLite_Detection_PostProcess",)
+
+
+def op_names(data: bytes) -> list[str]:
+    """Names of the operator codes a TFLite file uses: builtin names (CONV_2D ...) and custom
+    op names as written (a Flex op's name starts with "Flex")."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(data, 0)
+    builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    names = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if op == schema.BuiltinOperator.CUSTOM:
+            names.append(code.CustomCode().decode())
+        else:
+            names.append(builtin.get(op, str(op)))
+    return names
+
+
+def check_ops(data: bytes, allow_custom=()) -> None:
+    """Refuse Flex ops and any custom op but the allowed ones: apps' runtimes have neither."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    builtin = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
+    bad = sorted({n for n in op_names(data) if n not in builtin and n not in allow_custom})
+    if bad:
+        raise ExportError(f"the converted TFLite file needs ops that LiteRT's builtin resolver "
+                          f"does not have: {', '.join(bad)} (Flex ops need the TensorFlow "
+                          f"runtime, which apps do not ship)")
+
+
+def check_weights(data: bytes, model, quantization: str) -> None:
+    """A file smaller than its weights has lost them (the converter does that without an error
+    when the variables were not tracked): refuse it rather than ship it."""
+    per_weight = {"float32": 4, "float16": 2, "int8": 1}[quantization]
+    expected = model.count_params() * per_weight
+    if len(data) < 0.8 * expected:
+        raise ExportError(f"the converted TFLite file is {len(data)} bytes but the model's "
+                          f"{model.count_params()} weights need about {expected} in "
+                          f"{quantization}: the weights were not frozen into the file")
