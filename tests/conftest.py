@@ -35,3 +35,48 @@ def tiny_overrides():
     """tiny_overrides(root, **{key: value}) -> overrides that make shapes_classifier.yaml small
     enough for a unit test (64 px, batch 8, 2 epochs) on the data at `root`."""
     return _tiny_overrides
+
+
+def _batchnorms(model) -> list:
+    """Every BatchNormalization layer of `model`, inside nested models (the backbone) too."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found += _batchnorms(layer)
+    return found
+
+
+def _randomize_batchnorm(model, image_shape, seed: int) -> None:
+    """Random BatchNorm scales and offsets, and moving statistics measured on random images, so
+    no BatchNorm is the identity (a dropped or wrongly folded one changes the outputs) and the
+    activations keep their scale through the depth, as in a trained model. (With the initial
+    statistics two images' outputs agree to 1e-7 and an export test would prove nothing.)
+    Variances are floored at 0.01: half the channels are near-dead at initialization, and
+    dividing them by ~0.03 would amplify float32 rounding 30 times, to near the tolerances."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    layers = _batchnorms(model)
+    assert layers, "no BatchNorm layers found"
+    momentum = {}
+    for layer in layers:
+        gamma, beta, mean, var = layer.get_weights()
+        layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                           mean, var])
+        momentum[layer], layer.momentum = layer.momentum, 0.0  # moving stats := the batch's
+    model(rng.uniform(0, 255, (4, *image_shape)).astype(np.float32), training=True)
+    for layer in layers:
+        gamma, beta, mean, var = layer.get_weights()
+        layer.set_weights([gamma, beta, mean, np.maximum(var, 0.01)])
+        layer.momentum = momentum[layer]
+
+
+@pytest.fixture(scope="session")
+def randomize_batchnorm():
+    """randomize_batchnorm(model, (H, W, 3), seed): give `model` random, non-identity BatchNorm
+    parameters and statistics (for export parity tests)."""
+    return _randomize_batchnorm

@@ -1,0 +1,193 @@
+"""Export: every task's model written as SavedModel and TFLite (float32, float16, int8) gives the
+Keras model's answers on the same images, holds only ops apps can run, and is scored by
+`evaluate --model` with the task's own metrics. (ONNX: test_onnx.py; metadata: test_metadata.py;
+trained-model parity: the demo tests.)"""
+
+import json
+
+import numpy as np
+import pytest
+
+from mobilevision.cli import main
+from mobilevision.config import load_config
+from mobilevision.data.shapes import ensure_shapes
+from mobilevision.export import FORMATS, export_model, parse_formats
+from mobilevision.export.formats import ExportError, formats_markdown
+from mobilevision.export.runtime import load_exported
+from mobilevision.export.tflite import op_names
+from mobilevision.ops.boxes import pairwise_iou
+from mobilevision.tasks import get_task
+
+# name -> (config, input size, shapes layout); small models (alpha 0.35).
+CASES = {
+    "classification": ("shapes_classifier.yaml", 64),
+    "detection": ("shapes_ssdlite.yaml", 96),
+    "segmentation": ("shapes_deeplabv3.yaml", 64),
+}
+TFLITE = ("tflite", "tflite_fp16", "tflite_int8")
+
+
+def _config(name, root, *extra):
+    config, size = CASES[name]
+    return load_config(config, [
+        "model.backbone.alpha=0.35", f"model.input_size=[{size},{size}]", f"data.root={root}",
+        "data.shapes.num_train=12", "data.shapes.num_val=4", f"data.shapes.image_size={size}",
+        "train.batch_size=4", "eval.scales=[1.0]", "eval.flip=false", *extra])
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def exported(request, tmp_path_factory, randomize_batchnorm):
+    """-> (task, Keras model, {format: path}, images (2, H, W, 3) float32 0..255): each task's
+    model with random BatchNorm statistics exported once in every TensorFlow format."""
+    name = request.param
+    root = tmp_path_factory.mktemp(f"export_{name}")
+    cfg = _config(name, root / "data")
+    task = get_task(cfg)
+    task.prepare_data()
+    model = task.build_model()
+    task.compile(model, steps_per_epoch=1)  # Keras evaluation needs the task's metrics
+    randomize_batchnorm(model, (*cfg.model.input_size, 3), seed=3)
+    records = export_model(task, model, ["saved_model", *TFLITE], root / "out",
+                           calibration_images=12, log=lambda *a: None)
+    paths = {r["format"]: r["path"] for r in records}
+    images = np.random.default_rng(1).uniform(0, 255, (2, *cfg.model.input_size, 3))
+    return task, model, paths, np.round(images).astype(np.float32)
+
+
+def _detections(task, outputs, i):
+    boxes, scores, labels, counts = task.postprocess(outputs)
+    c = int(counts[i])
+    return boxes[i, :c], scores[i, :c], labels[i, :c]
+
+
+def _assert_same_detections(task, want, got, atol, top=10):
+    """The `top` best Keras detections of each image are found in `got`: same class, IoU above
+    1 - atol * 100, score within atol."""
+    for i in range(2):
+        wb, ws, wl = _detections(task, want, i)
+        gb, gs, gl = _detections(task, got, i)
+        assert len(wb) > 0
+        iou = pairwise_iou(wb[:top], gb) if len(gb) else np.zeros((min(top, len(wb)), 0))
+        for j in range(min(top, len(wb))):
+            same = (gl == wl[j]) & (iou[j] > 1 - atol * 100) & (np.abs(gs - ws[j]) <= atol)
+            assert same.any(), f"image {i}: Keras detection {j} (class {wl[j]}, score {ws[j]:.4f})"
+
+
+@pytest.mark.parametrize("fmt, atol", [("saved_model", 1e-5), ("tflite", 1e-4),
+                                       ("tflite_fp16", 2e-2)])
+def test_float_files_give_the_keras_outputs(exported, fmt, atol):
+    task, model, paths, images = exported
+    runner = load_exported(paths[fmt], task)
+    want, got = model.predict_on_batch(images), runner.predict_on_batch(images)
+    if task.name == "detection":
+        _assert_same_detections(task, want, got, atol)
+    elif task.name == "segmentation":  # the runner returns log-probabilities
+        e = np.exp(want - want.max(-1, keepdims=True))
+        np.testing.assert_allclose(np.exp(got), e / e.sum(-1, keepdims=True), atol=atol)
+    else:
+        np.testing.assert_allclose(got, want, atol=atol)
+
+
+def test_int8_file_is_integer_and_close_to_keras(exported):
+    """Full-integer: the input is uint8 holding the pixels themselves (scale 1, zero point 0),
+    every convolution is int8, and the answers stay close on a random model (the metric deltas
+    on trained models are in the demo tests)."""
+    task, model, paths, images = exported
+    runner = load_exported(paths["tflite_int8"], task)
+    detail = runner.interpreter.get_input_details()[0]
+    assert detail["dtype"] == np.uint8 and detail["quantization"] == (1.0, 0)
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = open(paths["tflite_int8"], "rb").read()
+    graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        name = op_names(data)[op.OpcodeIndex()]
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            assert graph.Tensors(op.Inputs(1)).Type() == schema.TensorType.INT8, name
+    want, got = model.predict_on_batch(images), runner.predict_on_batch(images)
+    if task.name == "classification":
+        assert np.abs(got - want).max() < 0.1
+    elif task.name == "segmentation":
+        assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.9
+    else:
+        _, ws, wl = _detections(task, want, 0)
+        _, gs, gl = _detections(task, got, 0)
+        assert gl[0] == wl[0] and abs(gs[0] - ws[0]) < 0.1
+
+
+def test_tflite_files_hold_only_ops_apps_can_run(exported):
+    task, model, paths, _ = exported
+    for fmt in TFLITE:
+        names = set(op_names(open(paths[fmt], "rb").read()))
+        assert not [n for n in names if n.startswith("Flex")]
+        assert ("TFLite_Detection_PostProcess" in names) == (task.name == "detection")
+
+
+def test_saved_model_uint8_signature_equals_float(exported):
+    import tensorflow as tf
+
+    task, model, paths, images = exported
+    loaded = tf.saved_model.load(paths["saved_model"])
+    a = loaded.signatures["serving_default"](images=tf.constant(images.astype(np.uint8)))
+    b = loaded.signatures["serving_float"](images=tf.constant(images))
+    assert set(a) == set(b)
+    for key in a:
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-6)
+    if task.name == "detection":
+        assert set(a) == {"boxes", "classes", "scores", "count"}
+
+
+def test_evaluate_scores_an_exported_file_like_keras(exported, tmp_path):
+    """`evaluate --model` runs the task's metrics on the file; on the same split they equal the
+    Keras model's (float32 TFLite)."""
+    task, model, paths, _ = exported
+    want = task.evaluate(model, task.cfg.data.val_split)
+    code = main(["evaluate", "--config", task.cfg["_source"], "--model", paths["tflite"],
+                 "--output", str(tmp_path), *_overrides(task)])
+    assert code == 0
+    got = json.loads((tmp_path / "eval.json").read_text())
+    key = task.monitor
+    assert got["model"] == paths["tflite"]
+    assert abs(got[key] - want[key]) < 0.005
+
+
+def _overrides(task):
+    """The overrides that rebuild `task`'s config through the command line."""
+    cfg = task.cfg
+    size = cfg.model.input_size[0]
+    return ["model.backbone.alpha=0.35", f"model.input_size=[{size},{size}]",
+            f"data.root={cfg.data.root}", "data.shapes.num_train=12", "data.shapes.num_val=4",
+            f"data.shapes.image_size={size}", "train.batch_size=4", "eval.scales=[1.0]",
+            "eval.flip=false"]
+
+
+def test_formats_table_drives_choices_errors_and_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert formats_markdown() in readme
+    assert parse_formats("all") == list(FORMATS)
+    assert parse_formats("tflite, onnx") == ["tflite", "onnx"]
+    with pytest.raises(ExportError, match="unknown export format.*saved_model, tflite"):
+        parse_formats("tflite_int4")
+
+
+def test_export_command_refuses_bad_requests(tmp_path, capsys):
+    root = tmp_path / "data"
+    base = ["export", "--config", "shapes_classifier.yaml", "--output", str(tmp_path / "out")]
+    assert main([*base, "--format", "tflite_int4", "--weights", __file__, f"data.root={root}"]) == 2
+    assert "unknown export format" in capsys.readouterr().err
+    assert main([*base, "--format", "tflite", "--weights", str(tmp_path / "none.h5"),
+                 f"data.root={root}"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    # No checkpoint anywhere: exporting untrained weights is refused.
+    assert main([*base, "--format", "tflite", f"data.root={root}", f"output={tmp_path / 'run'}"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_options_for_formats_not_asked_are_refused(tmp_path):
+    cfg = _config("classification", tmp_path / "data")
+    task = get_task(cfg)
+    with pytest.raises(ExportError, match="--calibration-images applies to tflite_int8 only"):
+        export_model(task, None, ["tflite"], tmp_path, calibration_images=10)
