@@ -1,4 +1,4 @@
-"""Install: pip install -e .   (extras: [test])"""
+"""Install: pip install -e .   (extras: [test], [onnx])"""
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -6,6 +6,11 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).parent
 version = {}
 exec((ROOT / "mobilevision" / "version.py").read_text(), version)
+
+# ONNX export (tf2onnx) and inference (onnxruntime). tf2onnx 1.16 pins protobuf~=3.20, which
+# pip would install over TensorFlow 2.21's protobuf>=6.31.1 and break it; 1.17 accepts it.
+# Tested: tf2onnx 1.17.0, onnx 1.23.2, onnxruntime 1.32.0 with TF 2.21, protobuf 7, numpy 2.4.
+ONNX = ["tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.19"]
 
 setup(
     name="mobilevision",
@@ -33,6 +38,6 @@ setup(
         "matplotlib>=3.7",
         "numpy>=1.24",
     ],
-    extras_require={"test": ["pytest>=7.4"]},
+    extras_require={"onnx": ONNX, "test": ["pytest>=7.4", *ONNX]},
     entry_points={"console_scripts": ["mobilevision=mobilevision.cli:main"]},
 )
