@@ -20,6 +20,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mobilevision", "mobilevision.*"]),
+    # The TFLite Metadata schemas (Apache-2.0) the bindings in export/schema/ are generated from.
+    package_data={"mobilevision.export.schema": ["*.fbs"]},
     # The bundled YAML configs are installed beside the package so `--config NAME.yaml`
     # finds them from any working directory, also in a non-editable install.
     data_files=[("share/mobilevision/configs", sorted(str(p) for p in Path("configs").glob("*.yaml")))],
@@ -33,6 +35,7 @@ setup(
         "opencv-python-headless>=4.8",
         "pyyaml>=6.0",
         "ai-edge-litert>=1.0",
+        "flatbuffers>=2.0",  # TFLite Metadata (export/metadata.py; flatc 2.0.8 bindings)
         "pillow>=10.0",
         "h5py>=3.8",
         "matplotlib>=3.7",
