@@ -1,13 +1,10 @@
 """Run an exported file in the runtime an app would use, behind the one method the tasks'
 evaluation calls on a Keras model: `predict_on_batch(images (N, H, W, 3) float32 0..255)`.
 
-What it returns per task, so that the task's own evaluation code runs unchanged:
-- classification: probabilities (N, K), as the Keras model;
-- segmentation: log-probabilities (N, H, W, K): the task applies softmax to what a model returns
-  (logits), and softmax(log p) = p, so scores come back as the file computed them;
-- detection: decoded detections {"detection_boxes" (N, D, 4) normalized yxyx,
-  "detection_scores", "detection_classes" (labels 1..K), "num_detections" (N,)}, which
-  `DetectionTask.postprocess` passes through (ONNX returns raw outputs, decoded like Keras's).
+What it returns is the task's `from_exported` of the file's outputs, i.e. what the Keras model's
+`predict_on_batch` would give, so the task's own evaluation code runs unchanged (a detector's
+decoded detections pass through `DetectionTask.postprocess`; ONNX files hold the raw outputs and
+return them as they are).
 """
 
 from __future__ import annotations
@@ -35,19 +32,6 @@ def load_exported(path, task, num_threads: int | None = None):
 
         return OnnxModel(path, num_threads=num_threads)
     raise ExportError(f"--model {path}: expected a .tflite or .onnx file or a SavedModel folder")
-
-
-def _decoded(task, out: dict) -> np.ndarray | dict:
-    """Exported outputs (dict of arrays, see formats.TASK_OUTPUTS) -> what predict_on_batch
-    returns for `task` (module docstring)."""
-    if task.name == "classification":
-        return np.asarray(out["probabilities"], np.float32)
-    if task.name == "segmentation":
-        return np.log(np.maximum(np.asarray(out["scores"], np.float32), 1e-30))
-    return {"detection_boxes": np.asarray(out["boxes"], np.float32),
-            "detection_scores": np.asarray(out["scores"], np.float32),
-            "detection_classes": np.asarray(out["classes"]).astype(np.int32) + 1,
-            "num_detections": np.asarray(out["count"]).astype(np.int32).reshape(-1)}
 
 
 def _stack(outs: list[dict]) -> dict:
@@ -81,7 +65,7 @@ class TFLiteRunner:
 
     def predict_on_batch(self, images):
         images = np.asarray(images, np.float32)
-        return _decoded(self.task, _stack([self.raw(images[i:i + 1]) for i in range(len(images))]))
+        return self.task.from_exported(_stack([self.raw(images[i:i + 1]) for i in range(len(images))]))
 
 
 class SavedModelRunner:
@@ -105,4 +89,4 @@ class SavedModelRunner:
         import tensorflow as tf
 
         out = self.fn(images=tf.convert_to_tensor(np.asarray(images, np.float32)))
-        return _decoded(self.task, {k: v.numpy() for k, v in out.items()})
+        return self.task.from_exported({k: v.numpy() for k, v in out.items()})

@@ -42,18 +42,16 @@ def write_saved_model(path, model, endpoints: dict) -> Path:
 
 def export_saved_model(task, model, path) -> Path:
     """The serving SavedModel: `serving_default` takes uint8 images (N, H, W, 3) at the model's
-    input size, `serving_float` float32 0..255; both return `serving.decoded_outputs`."""
+    input size, `serving_float` float32 0..255; both return `task.export_outputs`."""
     import tensorflow as tf
-
-    from mobilevision.export.serving import decoded_outputs
 
     h, w = task.cfg.model.input_size
 
     def serve_uint8(images):
-        return decoded_outputs(task, model, tf.cast(images, tf.float32))
+        return task.export_outputs(model, tf.cast(images, tf.float32))
 
     def serve_float(images):
-        return decoded_outputs(task, model, images)
+        return task.export_outputs(model, images)
 
     return write_saved_model(path, model, {
         "serving_default": (serve_uint8, [tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")]),

@@ -58,7 +58,7 @@ def convert_tflite(task, model, quantization: str = "float32", *, nms: str = "re
       input_type: int8 only, "uint8" (pixels as they come from a camera; the input quantization
         is fitted to 0..255) or "float32".
 
-    Returns the file's bytes: input `image` (1, H, W, 3), outputs as `serving.tflite_outputs`.
+    Returns the file's bytes: input `image` (1, H, W, 3), outputs as `task.tflite_outputs`.
     """
     return convert_tflite_many(task, model, (quantization,), nms=nms, calibration=calibration,
                                input_type=input_type)[quantization]
@@ -70,7 +70,6 @@ def convert_tflite_many(task, model, quantizations, **kwargs) -> dict[str, bytes
     import tensorflow as tf
 
     from mobilevision.export.saved_model import write_saved_model
-    from mobilevision.export.serving import tflite_outputs
 
     nms = kwargs.pop("nms", "regular")
     for q in quantizations:
@@ -79,7 +78,7 @@ def convert_tflite_many(task, model, quantizations, **kwargs) -> dict[str, bytes
     h, w = task.cfg.model.input_size
 
     def serve(image):
-        return tflite_outputs(task, model, image, nms=nms)
+        return task.tflite_outputs(model, image, nms=nms)
 
     with tempfile.TemporaryDirectory(prefix="mobilevision_tflite_") as tmp:
         path = write_saved_model(Path(tmp) / "saved_model", model, {

@@ -98,6 +98,21 @@ class Task:
         """image (h, w, 3) uint8 RGB -> (result dict, annotated BGR image to write)."""
         raise NotImplementedError
 
+    # Export: what the exported files compute (formats.TASK_OUTPUTS), and back -----------------
+    def export_outputs(self, model, images) -> dict:
+        """images (N, H, W, 3) float32 0..255 tensor -> the decoded outputs a SavedModel
+        returns, by name (TensorFlow ops, traced into the file)."""
+        raise NotImplementedError
+
+    def tflite_outputs(self, model, images, nms: str = "regular") -> dict:
+        """The same for a TFLite file (batch 1): by default the SavedModel's outputs."""
+        return self.export_outputs(model, images)
+
+    def from_exported(self, outputs: dict):
+        """An exported file's outputs (numpy, by name) -> what the Keras model's
+        `predict_on_batch` returns, so evaluation runs unchanged on the file (export.runtime)."""
+        raise NotImplementedError
+
     def callbacks(self, run_dir) -> list:
         """Extra callbacks, run before the checkpoint callback reads the epoch's logs."""
         return []

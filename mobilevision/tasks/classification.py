@@ -166,6 +166,12 @@ class ClassificationTask(Task):
         total = max(total, 1e-12)
         return {"top1": top1 / total, "top5": top5 / total, "loss": loss / total}
 
+    def export_outputs(self, model, images):
+        return {"probabilities": model(images, training=False)}
+
+    def from_exported(self, outputs):
+        return np.asarray(outputs["probabilities"], np.float32)
+
     def predict_image(self, model, image, class_names, top_k=5):
         """-> ({"predictions": [{"class", "class_id", "score"}, ...top 5]}, the image with the top
         class drawn on it)."""

@@ -215,6 +215,58 @@ class DetectionTask(Task):
                              score_threshold=h.score_threshold, max_detections=h.max_detections)
         return tuple(np.asarray(t) for t in out)
 
+    # Export --------------------------------------------------------------------------------------
+    def class_probabilities(self, logits):
+        """Class logits (N, A, K+1) tensor -> probabilities as trained: sigmoid for the focal
+        loss, else softmax. Column 0 is background."""
+        import tensorflow as tf
+
+        if self.cfg.model.head.loss == "focal":
+            return tf.sigmoid(logits)
+        return tf.nn.softmax(logits, axis=-1)
+
+    def export_outputs(self, model, images):
+        """-> {"boxes" (N, D, 4) normalized yxyx, "classes" (N, D) int32 0-based (index into
+        labels.txt), "scores" (N, D), "count" (N,)}: the decode, clipping and per-class NMS of
+        `postprocess`, in TensorFlow ops."""
+        import tensorflow as tf
+
+        from mobilevision.ops import box_coder
+        from mobilevision.ops.boxes import clip_boxes
+        from mobilevision.ops.nms import multiclass_nms
+
+        h = self.cfg.model.head
+        out = model(images, training=False)
+        boxes = clip_boxes(box_coder.decode(out["boxes"], tf.constant(self.anchors())))
+        scores = self.class_probabilities(out["classes"])[..., 1:]
+        boxes, scores, classes, count = multiclass_nms(
+            boxes, scores, iou_threshold=h.nms_iou, score_threshold=h.score_threshold,
+            max_detections=h.max_detections, label_offset=0)
+        return {"boxes": boxes, "classes": classes, "scores": scores, "count": count}
+
+    def tflite_outputs(self, model, images, nms="regular"):
+        """-> the same names from TFLite's TFLite_Detection_PostProcess op (classes as float),
+        the anchors embedded in the file. nms: "regular" is per-class NMS, the algorithm of
+        Keras evaluation; "fast" the op's class-agnostic variant (one class per box)."""
+        import tensorflow as tf
+
+        from mobilevision.export.serving import detection_postprocess_fn
+        from mobilevision.ops.boxes import yxyx_to_center
+
+        out = model(images, training=False)
+        # The op wants anchors in center form (ycenter, xcenter, h, w) and codes (ty, tx, th, tw).
+        anchors = tf.constant(yxyx_to_center(self.anchors()).astype(np.float32))
+        boxes, classes, scores, count = detection_postprocess_fn(self.cfg, nms)(
+            out["boxes"], self.class_probabilities(out["classes"]), anchors)
+        return {"boxes": boxes, "classes": classes, "scores": scores, "count": count}
+
+    def from_exported(self, outputs):
+        """-> the decoded detections `postprocess` passes through (labels 1..K)."""
+        return {"detection_boxes": np.asarray(outputs["boxes"], np.float32),
+                "detection_scores": np.asarray(outputs["scores"], np.float32),
+                "detection_classes": np.asarray(outputs["classes"]).astype(np.int32) + 1,
+                "num_detections": np.asarray(outputs["count"]).astype(np.int32).reshape(-1)}
+
     def detect(self, model, split: str) -> list[dict]:
         """Run on a split; COCO-results dicts in the dataset's category ids and original pixels."""
         from mobilevision.tasks.coco_eval import detections_to_coco

@@ -282,6 +282,23 @@ class SegmentationTask(Task):
                 "flip": bool(flip), "split": split,
                 "num_examples": n - (len(SKIPPED) - before), "skipped_examples": dict(data.skipped)}
 
+    # Export --------------------------------------------------------------------------------------
+    def export_outputs(self, model, images):
+        """-> {"scores": (N, H, W, K) softmax, "labels": (N, H, W) int32 argmax}."""
+        import tensorflow as tf
+
+        scores = tf.nn.softmax(model(images, training=False), axis=-1)
+        return {"scores": scores, "labels": tf.argmax(scores, axis=-1, output_type=tf.int32)}
+
+    def tflite_outputs(self, model, images, nms="regular"):
+        """Scores only: what MediaPipe's ImageSegmenter reads (it takes the argmax itself)."""
+        return {"scores": self.export_outputs(model, images)["scores"]}
+
+    def from_exported(self, outputs):
+        """-> log-probabilities: evaluation applies softmax to what a model returns (logits),
+        and softmax(log p) = p, so the file's scores come through as it computed them."""
+        return np.log(np.maximum(np.asarray(outputs["scores"], np.float32), 1e-30))
+
     def callbacks(self, run_dir):
         """Single-scale validation every `train.eval_every` epochs (and after the last), with
         `val_mIoU` and `val_pixel_accuracy` put into the epoch's logs for the checkpoint."""

@@ -4,17 +4,19 @@ Keras model's answers on the same images, holds only ops apps can run, and is sc
 trained-model parity: the demo tests.)"""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mobilevision.cli import main
 from mobilevision.config import load_config
-from mobilevision.data.shapes import ensure_shapes
 from mobilevision.export import FORMATS, export_model, parse_formats
 from mobilevision.export.formats import ExportError, formats_markdown
 from mobilevision.export.runtime import load_exported
-from mobilevision.export.tflite import op_names
+from mobilevision.export.tflite import calibration_images, op_names
 from mobilevision.ops.boxes import pairwise_iou
 from mobilevision.tasks import get_task
 
@@ -25,6 +27,7 @@ CASES = {
     "segmentation": ("shapes_deeplabv3.yaml", 64),
 }
 TFLITE = ("tflite", "tflite_fp16", "tflite_int8")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(name, root, *extra):
@@ -163,9 +166,7 @@ def _overrides(task):
 
 
 def test_formats_table_drives_choices_errors_and_readme():
-    from pathlib import Path
-
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     assert formats_markdown() in readme
     assert parse_formats("all") == list(FORMATS)
     assert parse_formats("tflite, onnx") == ["tflite", "onnx"]
@@ -191,3 +192,37 @@ def test_options_for_formats_not_asked_are_refused(tmp_path):
     task = get_task(cfg)
     with pytest.raises(ExportError, match="--calibration-images applies to tflite_int8 only"):
         export_model(task, None, ["tflite"], tmp_path, calibration_images=10)
+
+
+MEDIAPIPE = os.environ.get("MOBILEVISION_MEDIAPIPE_PYTHON")
+
+
+@pytest.mark.skipif(not MEDIAPIPE, reason="MediaPipe lives in a venv of its own: set "
+                    "MOBILEVISION_MEDIAPIPE_PYTHON to its python (.ci/run does)")
+@pytest.mark.parametrize("fmt", ["tflite", "tflite_int8"])
+def test_mediapipe_tasks_load_the_files_and_agree_with_litert(exported, fmt, tmp_path):
+    """The exported files as they are (metadata from the exporter) in MediaPipe Tasks'
+    ObjectDetector / ImageClassifier / ImageSegmenter, on the validation images: the results
+    equal LiteRT's (benchmarks/mediapipe_check.py)."""
+    from PIL import Image
+
+    task, _, paths, _ = exported
+    folder = tmp_path / "images"
+    folder.mkdir()
+    calibration = calibration_images_of(task, "val", 4)
+    for i, image in enumerate(calibration):
+        Image.fromarray(np.round(image).astype(np.uint8)).save(folder / f"{i}.png")
+    labels = Path(paths[fmt]).parent / "labels.txt"
+    done = subprocess.run([MEDIAPIPE, str(ROOT / "benchmarks" / "mediapipe_check.py"),
+                           "--task", task.name, "--model", paths[fmt], "--images", str(folder),
+                           "--labels", str(labels)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def calibration_images_of(task, split, count):
+    """`count` images of `split`, preprocessed and sized as the exporter's calibration images."""
+    import copy
+
+    cfg = copy.deepcopy(task.cfg)
+    cfg["data"]["train_split"] = split
+    return calibration_images(get_task(cfg), count)
