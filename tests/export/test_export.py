@@ -226,3 +226,47 @@ def calibration_images_of(task, split, count):
     cfg = copy.deepcopy(task.cfg)
     cfg["data"]["train_split"] = split
     return calibration_images(get_task(cfg), count)
+
+
+def test_int8_file_can_take_float_input(tmp_path, randomize_batchnorm):
+    """--input-type float32: an int8 file that takes float pixels (quantized inside) and answers
+    as the Keras model does, within int8 error."""
+    from mobilevision.export.tflite import convert_tflite
+
+    cfg = _config("classification", tmp_path / "data")
+    task = get_task(cfg)
+    task.prepare_data()
+    model = task.build_model()
+    randomize_batchnorm(model, (*cfg.model.input_size, 3), seed=5)
+    images = calibration_images(task, 8)
+    path = tmp_path / "float_in.tflite"
+    path.write_bytes(convert_tflite(task, model, "int8", calibration=images, input_type="float32"))
+    runner = load_exported(path, task)
+    assert runner.input_dtype == np.float32
+    x = images[:2] + 0.25  # not integers: the float input is used as it is
+    assert np.abs(runner.predict_on_batch(x) - model.predict_on_batch(x)).max() < 0.1
+
+
+def test_fast_nms_keeps_one_class_per_box(tmp_path, randomize_batchnorm):
+    """--nms fast: TFLite_Detection_PostProcess's class-agnostic NMS, so no two kept boxes
+    overlap beyond the IoU threshold whatever their classes; the best detection is the one
+    regular NMS ranks first."""
+    from mobilevision.export.tflite import convert_tflite
+
+    cfg = _config("detection", tmp_path / "data")
+    task = get_task(cfg)
+    task.prepare_data()
+    model = task.build_model()
+    randomize_batchnorm(model, (*cfg.model.input_size, 3), seed=5)
+    path = tmp_path / "fast.tflite"
+    path.write_bytes(convert_tflite(task, model, "float32", nms="fast"))
+    x = np.round(calibration_images(task, 2))
+    fast = load_exported(path, task).predict_on_batch(x)
+    regular = task.postprocess(model.predict_on_batch(x))
+    for i in range(2):
+        n = fast["num_detections"][i]
+        boxes = fast["detection_boxes"][i, :n]  # as the op kept them, before clipping
+        assert n > 1
+        assert pairwise_iou(boxes, boxes)[np.triu_indices(n, 1)].max() <= cfg.model.head.nms_iou + 1e-5
+        assert fast["detection_classes"][i, 0] == regular[2][i, 0]
+        assert abs(fast["detection_scores"][i, 0] - regular[1][i, 0]) < 1e-4
