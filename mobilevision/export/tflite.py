@@ -83,10 +83,16 @@ def convert_tflite_many(task, model, quantizations, **kwargs) -> dict[str, bytes
     with tempfile.TemporaryDirectory(prefix="mobilevision_tflite_") as tmp:
         path = write_saved_model(Path(tmp) / "saved_model", model, {
             "serving_default": (serve, [tf.TensorSpec([1, h, w, 3], tf.float32, name="image")])})
-        return {q: _convert(task, model, path, q, **kwargs) for q in quantizations}
+        return {q: convert_saved_model(task, model, path, q, **kwargs) for q in quantizations}
 
 
-def _convert(task, model, saved_model, quantization, calibration=None, input_type="uint8") -> bytes:
+def convert_saved_model(task, model, saved_model, quantization, calibration=None,
+                        input_type="uint8") -> bytes:
+    """A SavedModel folder written by `write_saved_model` -> TFLite bytes, with the export's
+    converter settings and checks (builtin ops only, no Flex, weights present). `task` lends
+    only its `.name` (a detector may use TFLite_Detection_PostProcess); `model` is the Keras
+    model the SavedModel holds (for the weight check). Used by `convert_tflite_many` and by
+    benchmarks that convert other functions of a model the same way."""
     import tensorflow as tf
 
     if quantization == "int8" and (calibration is None or not len(calibration)):
