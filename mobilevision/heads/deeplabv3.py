@@ -70,8 +70,10 @@ def deeplabv3_head(feature, stride: int, num_classes: int, aspp: bool = True, ra
                                           momentum=bn_momentum, reg=reg))
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name="image_pooling_mean")(feature)
     pooled = _conv_bn_relu(pooled, channels, 1, "image_pooling", momentum=bn_momentum, reg=reg)
-    # Bilinear upsampling of a 1x1 map is a broadcast; "nearest" does it without arithmetic.
-    branches.append(layers.UpSampling2D((h, w), interpolation="nearest",
+    # Bilinear upsampling of a 1x1 map is a broadcast. "bilinear" makes it one resize op, which
+    # TFLite's XNNPACK runs; "nearest" repeats rows and columns as two TILE ops that XNNPACK
+    # leaves to slower kernels, splitting the graph (measured: benchmarks/latency.py).
+    branches.append(layers.UpSampling2D((h, w), interpolation="bilinear",
                                         name="image_pooling_broadcast")(pooled))
     x = layers.Concatenate(name="aspp_concat")(branches)
     x = _conv_bn_relu(x, channels, 1, "concat_projection", momentum=bn_momentum, reg=reg)
