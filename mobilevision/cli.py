@@ -167,9 +167,24 @@ def _export(args) -> int:
     out = Path(args.output or run / "export")
     print(f"exporting {cfg.name} ({weights or cfg.model.weights}) to {out}")
     export_model(task, model, formats, out, calibration_images=args.calibration_images,
-                 input_type=args.input_type, opset=args.opset, nms=args.nms)
+                 input_type=args.input_type, opset=args.opset, nms=args.nms,
+                 labels=_run_labels(run, cfg.model.num_classes))
     print(f"labels: {out / 'labels.txt'}")
     return 0
+
+
+def _run_labels(run, num_classes: int):
+    """The class names a training run saved (run/labels.txt), or None when there are none."""
+    path = run / "labels.txt"
+    if not path.exists():
+        return None
+    names = [n for n in path.read_text(encoding="utf-8").split("\n") if n]
+    if len(names) != num_classes:
+        from mobilevision.config import ConfigError
+
+        raise ConfigError(f"{path}: {len(names)} class names, but model.num_classes is "
+                          f"{num_classes}")
+    return names
 
 
 def _weights_or_best(cfg, run, weights):
@@ -215,9 +230,7 @@ def _predict(args) -> int:
     model = task.build_model()
     if weights is not None:
         load_weights_by_name(model, weights, allow_unused=True)
-    names = None
-    if (run / "labels.txt").exists():
-        names = (run / "labels.txt").read_text().split("\n")[: cfg.model.num_classes]
+    names = _run_labels(run, cfg.model.num_classes)
     out = Path(args.output or run / "predictions")
     results = task.predict(model, paths, out, class_names=names)
     atomic_write_json(out / "predictions.json", results)

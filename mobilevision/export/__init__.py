@@ -23,9 +23,11 @@ def parse_formats(text: str) -> list[str]:
 
 def export_model(task, model, formats, output_dir, *, calibration_images: int | None = None,
                  input_type: str | None = None, opset: int | None = None, nms: str = "regular",
-                 log=print) -> list[dict]:
+                 labels: list[str] | None = None, log=print) -> list[dict]:
     """Write `model` in each of `formats` into output_dir, with labels.txt beside them.
 
+    labels: the class names in label order (default: the dataset's, `task.class_names`; a run
+    folder's labels.txt spares reading the dataset, which only int8 calibration then needs).
     Options apply only to the formats that take them (formats.FORMATS[...].options); giving one
     to no format that takes it is an error rather than silently ignored.
     Returns one record per format: {"format", "path", "bytes", "seconds"}."""
@@ -40,7 +42,7 @@ def export_model(task, model, formats, output_dir, *, calibration_images: int | 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = task.cfg.name
-    labels = list(task.class_names)
+    labels = list(labels if labels is not None else task.class_names)
     atomic_write_text(out / "labels.txt", "\n".join(labels) + "\n")
     records = []
 
@@ -67,7 +69,10 @@ def export_model(task, model, formats, output_dir, *, calibration_images: int | 
         elif fmt.name == "onnx":
             from mobilevision.export.onnx import export_onnx
 
-            export_onnx(model, path, **({"opset": opset} if opset else {}))
+            try:
+                export_onnx(model, path, **({"opset": opset} if opset else {}))
+            except ImportError as e:  # the [onnx] extra is not installed: a user error
+                raise ExportError(str(e)) from e
             done(fmt, path, start)
     order = {f.name: i for i, f in enumerate(formats)}
     return sorted(records, key=lambda r: order[r["format"]])

@@ -270,3 +270,27 @@ def test_fast_nms_keeps_one_class_per_box(tmp_path, randomize_batchnorm):
         assert pairwise_iou(boxes, boxes)[np.triu_indices(n, 1)].max() <= cfg.model.head.nms_iou + 1e-5
         assert fast["detection_classes"][i, 0] == regular[2][i, 0]
         assert abs(fast["detection_scores"][i, 0] - regular[1][i, 0]) < 1e-4
+
+
+def test_export_from_a_run_folder_needs_no_dataset(tmp_path, capsys):
+    """A run copied to another machine exports float formats from its checkpoint and
+    labels.txt alone; the labels packed into the file are the run's."""
+    from mobilevision.export.metadata import associated_files
+
+    cfg = _config("classification", tmp_path / "no_data_here")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    get_task(cfg).build_model().save_weights(run / "checkpoints" / "best.weights.h5")
+    names = ["disc", "box", "tri", "star", "hex"]
+    (run / "labels.txt").write_text("\n".join(names) + "\n")
+    code = main(["export", "--config", "shapes_classifier.yaml", "--format", "tflite",
+                 *_overrides(get_task(cfg)), f"output={run}"])
+    assert code == 0, capsys.readouterr().err
+    assert not (tmp_path / "no_data_here").exists()
+    data = (run / "export" / "shapes_classifier.tflite").read_bytes()
+    assert associated_files(data)["labels.txt"].split() == names
+    # A run whose labels disagree with the config is refused, naming the file.
+    (run / "labels.txt").write_text("a\nb\n")
+    assert main(["export", "--config", "shapes_classifier.yaml", "--format", "tflite",
+                 *_overrides(get_task(cfg)), f"output={run}"]) == 2
+    assert "labels.txt: 2 class names, but model.num_classes is 5" in capsys.readouterr().err
