@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     c = command("evaluate", "evaluate a checkpoint; writes eval.json and prints the metrics")
     c.add_argument("--weights", help="weights file (default: the run's best checkpoint)")
     c.add_argument("--model", help="evaluate an exported file instead (.tflite, .onnx or a "
-                                   "SavedModel folder); results go to <file>.eval.json")
+                                   "SavedModel folder); results go to <file>.eval.json beside "
+                                   "it (or in --output)")
     c.add_argument("--threads", type=int, help="with --model: runtime threads (default: all)")
     c.add_argument("--split", help="dataset split (default data.val_split)")
     c.add_argument("--output", help="run directory (default runs/<config name>)")
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     c = command("predict", "run on an image or a folder; writes annotated images and JSON")
     c.add_argument("--input", required=True, help="an image file or a folder of images")
     c.add_argument("--weights", help="weights file (default: the run's best checkpoint)")
+    c.add_argument("--model", help="run an exported file instead (.tflite, .onnx or a SavedModel "
+                                   "folder); class names from the labels.txt beside it")
     c.add_argument("--output", help="output folder (default runs/<config name>/predictions)")
 
     from mobilevision.export.formats import FORMATS
@@ -56,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--input-type", choices=("uint8", "float32"),
                    help="tflite_int8: the input tensor's type (default uint8)")
     c.add_argument("--opset", type=int, help="onnx: the ONNX opset (default: the exporter's)")
-    c.add_argument("--nms", choices=("regular", "fast"), default="regular",
+    c.add_argument("--nms", choices=("regular", "fast"),
                    help="detection TFLite: per-class NMS as in evaluation (regular, default) or "
                         "the post-process op's faster class-agnostic one")
 
@@ -140,8 +143,9 @@ def _evaluate_exported(cfg, args) -> int:
     results["model"] = str(args.model)
     results["skipped_files"] = SKIPPED.items()
     report_skips()
-    out = Path(args.output) / "eval.json" if args.output else Path(
-        str(args.model).rstrip("/") + ".eval.json")
+    # Beside the file, or in --output under the file's name: never over a run's own eval.json.
+    name = Path(str(args.model).rstrip("/")).name + ".eval.json"
+    out = Path(args.output) / name if args.output else Path(args.model).parent / name
     atomic_write_json(out, results)
     print(f"wrote {out}", file=sys.stderr)
     print(dumps_metrics(results))
@@ -188,19 +192,18 @@ def _run_labels(run, num_classes: int):
 
 
 def _weights_or_best(cfg, run, weights):
-    """--weights if given (must exist), else model.weights, else the run's best (or last)
-    checkpoint; an error when there is none, since exporting untrained weights helps no one."""
+    """--weights if given (must exist), else the run's best (or last) checkpoint, else
+    model.weights (None: build_model loads it); an error when there is none of them, since
+    untrained weights help no one. The order is evaluate's."""
     from mobilevision.tasks.trainer import BEST, LAST
 
     if weights is not None:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"--weights {weights}: no such file")
         return weights
-    if cfg.model.weights:
-        return None  # build_model loads it
     found = next((run / "checkpoints" / n for n in (BEST, LAST)
                   if (run / "checkpoints" / n).exists()), None)
-    if found is None:
+    if found is None and not cfg.model.weights:
         raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}: train first, or pass "
                                 f"--weights FILE")
     return found
@@ -225,12 +228,22 @@ def _predict(args) -> int:
         paths = [str(src)]
     else:
         raise FileNotFoundError(f"--input {src}: no such file or folder")
-    weights = _weights_or_best(cfg, run, args.weights)
     task = get_task(cfg)
-    model = task.build_model()
-    if weights is not None:
-        load_weights_by_name(model, weights, allow_unused=True)
-    names = _run_labels(run, cfg.model.num_classes)
+    if args.model:
+        from mobilevision.export.runtime import load_exported
+
+        if args.weights:
+            raise FileNotFoundError("--weights and --model exclude each other: an exported file "
+                                    "holds its weights")
+        model = load_exported(args.model, task)
+        names = _run_labels(Path(args.model).parent, cfg.model.num_classes)
+    else:
+        weights = _weights_or_best(cfg, run, args.weights)
+        model = task.build_model()
+        if weights is not None:
+            load_weights_by_name(model, weights, allow_unused=True)
+        names = None
+    names = names or _run_labels(run, cfg.model.num_classes)
     out = Path(args.output or run / "predictions")
     results = task.predict(model, paths, out, class_names=names)
     atomic_write_json(out / "predictions.json", results)

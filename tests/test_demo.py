@@ -63,25 +63,22 @@ def test_shapes_ssdlite_demo_learns_to_detect(tmp_path):
     assert results["num_examples"] == 100
     assert set(results["per_class_AP"]) == {"circle", "square", "triangle", "star", "hexagon"}
     assert results["AP50"] >= 0.1, stdout[-3000:]
-    # The trained detector exported for apps scores as the Keras model does: float32 TFLite and
-    # ONNX within 0.5 AP points, int8 within 3 (measured: see the README's export section).
-    exported = export_parity("shapes_ssdlite.yaml", tmp_path, "tflite,tflite_int8,onnx",
+    # The trained detector exported for apps, as the README does it, scores as the Keras model
+    # does: float32 TFLite within 0.5 AP points, int8 within 3. (Every format on every demo:
+    # benchmarks/export_parity.py, figures in the README; ONNX's raw outputs: test_onnx.py.)
+    exported = export_parity("shapes_ssdlite.yaml", tmp_path, "tflite,tflite_int8",
                              "data.shapes.num_train=2000", "data.shapes.num_val=100")
     deltas = {fmt: 100 * (r["AP"] - results["AP"]) for fmt, r in exported.items()}
     print(json.dumps({"AP_delta_points": deltas}))
-    assert abs(deltas["tflite"]) <= 0.5 and abs(deltas["onnx"]) <= 0.5, deltas
-    assert abs(deltas["tflite_int8"]) <= 3.0, deltas
+    assert abs(deltas["tflite"]) <= 0.5 and abs(deltas["tflite_int8"]) <= 3.0, deltas
 
 
 @pytest.mark.slow
 def test_shapes_classifier_demo_learns_to_classify(tmp_path):
-    # A third of the epochs, about 3 minutes: measured top1 0.45, chance 0.2
-    # (the full demo: 0.98).
-    results, stdout = train_demo("shapes_classifier.yaml", tmp_path, "train.epochs=3")
+    # Half the images (6000) for 4 of the 9 epochs, under 2 minutes: measured top1 0.43 (12000
+    # images for 3 epochs: 0.45), chance 0.2 (the full demo: 0.98).
+    results, stdout = train_demo("shapes_classifier.yaml", tmp_path, "data.shapes.num_train=6000",
+                                 "train.epochs=4")
     print(json.dumps({k: results[k] for k in ("top1", "top5", "num_examples")}))
     assert results["num_examples"] == 500
     assert results["top1"] >= 0.35, stdout[-3000:]
-    exported = export_parity("shapes_classifier.yaml", tmp_path, "tflite,tflite_int8")
-    deltas = {fmt: 100 * (r["top1"] - results["top1"]) for fmt, r in exported.items()}
-    print(json.dumps({"top1_delta_points": deltas}))
-    assert abs(deltas["tflite"]) <= 0.5 and abs(deltas["tflite_int8"]) <= 3.0, deltas

@@ -22,7 +22,7 @@ def parse_formats(text: str) -> list[str]:
 
 
 def export_model(task, model, formats, output_dir, *, calibration_images: int | None = None,
-                 input_type: str | None = None, opset: int | None = None, nms: str = "regular",
+                 input_type: str | None = None, opset: int | None = None, nms: str | None = None,
                  labels: list[str] | None = None, log=print) -> list[dict]:
     """Write `model` in each of `formats` into output_dir, with labels.txt beside them.
 
@@ -34,30 +34,33 @@ def export_model(task, model, formats, output_dir, *, calibration_images: int | 
     from mobilevision.utils import atomic_write_text
 
     formats = [get_format(f) for f in formats]
-    given = {"calibration_images": calibration_images, "input_type": input_type, "opset": opset}
+    given = {"calibration_images": calibration_images, "input_type": input_type, "opset": opset,
+             "nms": nms}
     for option, value in given.items():
         if value is not None and not any(option in f.options for f in formats):
             takers = [f.name for f in FORMATS.values() if option in f.options]
             raise ExportError(f"--{option.replace('_', '-')} applies to {', '.join(takers)} only")
+    if nms is not None and task.name != "detection":
+        raise ExportError("--nms applies to detection models only")
+    if calibration_images is not None and calibration_images < 1:
+        raise ExportError(f"--calibration-images {calibration_images}: give at least 1")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = task.cfg.name
     labels = list(labels if labels is not None else task.class_names)
-    atomic_write_text(out / "labels.txt", "\n".join(labels) + "\n")
     records = []
 
-    def done(fmt, path, start):
+    def done(fmt, path, seconds):
         size = (sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
                 if Path(path).is_dir() else Path(path).stat().st_size)
         records.append({"format": fmt.name, "path": str(path), "bytes": size,
-                        "seconds": round(time.perf_counter() - start, 1)})
+                        "seconds": round(seconds, 1)})
         log(f"{fmt.name:12s} {path}  ({size / 2**20:.2f} MiB, {records[-1]['seconds']} s)")
 
     tflite = [f for f in formats if f.name in TFLITE_QUANTIZATION]
     if tflite:
-        start = time.perf_counter()
         _export_tflite(task, model, tflite, out, name, labels, calibration_images, input_type,
-                       nms, lambda fmt, path: done(fmt, path, start), log)
+                       nms or "regular", done, log)
     for fmt in formats:
         start = time.perf_counter()
         path = out / fmt.filename.format(name=name)
@@ -65,7 +68,7 @@ def export_model(task, model, formats, output_dir, *, calibration_images: int | 
             from mobilevision.export.saved_model import export_saved_model
 
             export_saved_model(task, model, path)
-            done(fmt, path, start)
+            done(fmt, path, time.perf_counter() - start)
         elif fmt.name == "onnx":
             from mobilevision.export.onnx import export_onnx
 
@@ -73,7 +76,9 @@ def export_model(task, model, formats, output_dir, *, calibration_images: int | 
                 export_onnx(model, path, **({"opset": opset} if opset else {}))
             except ImportError as e:  # the [onnx] extra is not installed: a user error
                 raise ExportError(str(e)) from e
-            done(fmt, path, start)
+            done(fmt, path, time.perf_counter() - start)
+    # Last, so a failed export leaves no new labels beside older files.
+    atomic_write_text(out / "labels.txt", "\n".join(labels) + "\n")
     order = {f.name: i for i, f in enumerate(formats)}
     return sorted(records, key=lambda r: order[r["format"]])
 
@@ -92,8 +97,9 @@ def _export_tflite(task, model, formats, out, name, labels, calibration_images, 
         count = calibration_images or DEFAULT_CALIBRATION_IMAGES
         calibration = read_calibration(task, count)
         log(f"int8 calibration: {len(calibration)} images of split {task.cfg.data.train_split!r}")
+    seconds = {}
     files = convert_tflite_many(task, model, quantizations, nms=nms, calibration=calibration,
-                                input_type=input_type or "uint8")
+                                input_type=input_type or "uint8", seconds=seconds)
     for fmt, q in zip(formats, quantizations):
         data = add_metadata(files[q], task=task.name, labels=labels,
                             name=f"{name} ({model.name}, {q})",
@@ -101,4 +107,4 @@ def _export_tflite(task, model, formats, out, name, labels, calibration_images, 
                             version=__version__)
         path = out / fmt.filename.format(name=name)
         atomic_write_bytes(path, data)
-        done(fmt, path)
+        done(fmt, path, seconds[q])

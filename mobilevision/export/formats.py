@@ -23,13 +23,15 @@ FORMATS = {f.name: f for f in (
                  "signature `serving_default` takes uint8 images (N, H, W, 3) and returns decoded "
                  "results; `serving_float` takes float32 0..255"),
     ExportFormat("tflite", "{name}.tflite", "LiteRT, MediaPipe Tasks",
-                 "float32, batch 1, with TFLite Metadata (normalization, labels, output names)"),
+                 "float32, batch 1, with TFLite Metadata (normalization, labels, output names)",
+                 options=("nms",)),
     ExportFormat("tflite_fp16", "{name}_fp16.tflite", "LiteRT, MediaPipe Tasks",
-                 "as `tflite` with float16 weights (half the size; computes in float32 on CPU)"),
+                 "as `tflite` with float16 weights (half the size; computes in float32 on CPU)",
+                 options=("nms",)),
     ExportFormat("tflite_int8", "{name}_int8.tflite", "LiteRT, MediaPipe Tasks",
                  "full-integer int8, calibrated on `--calibration-images` of the train split; "
                  "uint8 input (or float32 with `--input-type float32`), float32 outputs",
-                 options=("calibration_images", "input_type")),
+                 options=("calibration_images", "input_type", "nms")),
     ExportFormat("onnx", "{name}.onnx", "onnxruntime",
                  "the Keras model's raw outputs (float32 input 0..255, dynamic batch)",
                  options=("opset",), extra="onnx"),

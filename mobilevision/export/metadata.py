@@ -63,7 +63,8 @@ class _Output:
 TASK_OUTPUTS = {
     "detection": (
         _Output("boxes", "location",
-                "Boxes [ymin, xmin, ymax, xmax] normalized to 0..1, (1, D, 4).", "boxes", (2, 2)),
+                "Boxes [ymin, xmin, ymax, xmax] normalized to the image, (1, D, 4); not "
+                "clipped, so a box may reach past 0..1.", "boxes", (2, 2)),
         _Output("classes", "category",
                 f"Class of each box: 0-based index into {LABEL_FILE}, (1, D).", "value_labels",
                 (2, 2)),

@@ -17,21 +17,52 @@ from mobilevision.export.formats import ExportError
 
 
 def load_exported(path, task, num_threads: int | None = None):
-    """The right runner for `path`: a .tflite file, a SavedModel folder or a .onnx file."""
+    """The right runner for `path`: a .tflite file, a SavedModel folder or a .onnx file, checked
+    against the task of the config (outputs, input size). A file that cannot be loaded, or was
+    exported for another task or size, is an ExportError naming it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--model {path}: no such file or folder")
-    if path.is_dir():
-        if not (path / "saved_model.pb").exists():
-            raise ExportError(f"--model {path}: a folder, but not a SavedModel (no saved_model.pb)")
-        return SavedModelRunner(path, task)
-    if path.suffix == ".tflite":
-        return TFLiteRunner(path, task, num_threads=num_threads)
-    if path.suffix == ".onnx":
-        from mobilevision.export.onnx import OnnxModel
+    if path.is_dir() and not (path / "saved_model.pb").exists():
+        raise ExportError(f"--model {path}: a folder, but not a SavedModel (no saved_model.pb)")
+    if not path.is_dir() and path.suffix not in (".tflite", ".onnx"):
+        raise ExportError(f"--model {path}: expected a .tflite or .onnx file or a SavedModel folder")
+    try:
+        if path.is_dir():
+            runner = SavedModelRunner(path, task)
+        elif path.suffix == ".tflite":
+            runner = TFLiteRunner(path, task, num_threads=num_threads)
+        else:
+            from mobilevision.export.onnx import OnnxModel
 
-        return OnnxModel(path, num_threads=num_threads)
-    raise ExportError(f"--model {path}: expected a .tflite or .onnx file or a SavedModel folder")
+            runner = OnnxModel(path, num_threads=num_threads)
+    except ExportError:
+        raise
+    except (ImportError, ValueError, KeyError, RuntimeError, OSError) as e:
+        raise ExportError(f"--model {path}: cannot load it: {e}") from e
+    _check_fits(path, runner, task)
+    return runner
+
+
+def _check_fits(path, runner, task) -> None:
+    """The file's input size is the config's, and its outputs are the task's."""
+    want = tuple(task.cfg.model.input_size)
+    got = tuple(runner.input_shape[1:3])
+    if got != want:
+        raise ExportError(f"--model {path}: input is {got} but the config's model.input_size is "
+                          f"{want}: evaluate with the config it was exported from")
+    names = set(getattr(runner, "output_names", ()) or ())
+    expected = (EXPORTED_OUTPUTS if not str(path).endswith(".onnx") else RAW_OUTPUTS)[task.name]
+    if expected and not expected <= names:
+        raise ExportError(f"--model {path}: outputs {sorted(names)}, but a {task.name} file has "
+                          f"{sorted(expected)}: was it exported for another task?")
+
+
+# Output names an exported file has per task: decoded (SavedModel, TFLite) and raw (ONNX, whose
+# single-output models keep the Keras layer's name, so only the detector's are fixed).
+EXPORTED_OUTPUTS = {"classification": {"probabilities"}, "segmentation": {"scores"},
+                    "detection": {"boxes", "classes", "scores", "count"}}
+RAW_OUTPUTS = {"classification": set(), "segmentation": set(), "detection": {"boxes", "classes"}}
 
 
 def _stack(outs: list[dict]) -> dict:
@@ -49,13 +80,14 @@ class TFLiteRunner:
         self.path, self.task = Path(path), task
         self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         self.runner = self.interpreter.get_signature_runner()
-        detail = self.runner.get_input_details()["image"]
+        inputs = self.runner.get_input_details()
+        if "image" not in inputs:
+            raise ExportError(f"{path}: no input named `image` (found {sorted(inputs)}): not a "
+                              f"file this toolkit exported")
+        detail = inputs["image"]
         self.input_dtype = detail["dtype"]
         self.input_shape = (None, *detail["shape"][1:])
-        want = tuple(task.cfg.model.input_size)
-        if tuple(detail["shape"][1:3]) != want:
-            raise ExportError(f"{path}: input is {tuple(detail['shape'][1:3])} but the config's "
-                              f"model.input_size is {want}: export and evaluate with one config")
+        self.output_names = list(self.runner.get_output_details())
 
     def raw(self, image: np.ndarray) -> dict:
         """One image (1, H, W, 3) float32 0..255 -> the file's outputs by signature name."""
@@ -84,6 +116,7 @@ class SavedModelRunner:
         self.fn = loaded.signatures["serving_float"]
         shape = self.fn.structured_input_signature[1]["images"].shape
         self.input_shape = (None, *shape[1:])
+        self.output_names = list(self.fn.structured_outputs)
 
     def predict_on_batch(self, images):
         import tensorflow as tf

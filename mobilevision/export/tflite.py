@@ -45,6 +45,17 @@ def calibration_images(task, count: int) -> np.ndarray:
     return np.stack(images)
 
 
+def with_full_input_range(calibration: np.ndarray) -> np.ndarray:
+    """A copy of the calibration images whose first image has one black and one white pixel.
+    The converter fits a uint8 input's quantization to the range it saw, and apps (MediaPipe
+    included) feed raw pixel bytes, which only scale 1 / zero point 0 reads correctly; two
+    pixels fix that range without moving the inner layers' statistics."""
+    images = np.array(calibration, np.float32, copy=True)
+    images[0, 0, 0, :] = 0.0
+    images[0, 0, -1, :] = 255.0
+    return images
+
+
 def convert_tflite(task, model, quantization: str = "float32", *, nms: str = "regular",
                    calibration: np.ndarray | None = None, input_type: str = "uint8") -> bytes:
     """The model as a TFLite flatbuffer (no metadata yet; see `metadata.add_metadata`).
@@ -64,9 +75,13 @@ def convert_tflite(task, model, quantization: str = "float32", *, nms: str = "re
                                input_type=input_type)[quantization]
 
 
-def convert_tflite_many(task, model, quantizations, **kwargs) -> dict[str, bytes]:
+def convert_tflite_many(task, model, quantizations, seconds: dict | None = None,
+                        **kwargs) -> dict[str, bytes]:
     """`convert_tflite` for several quantizations from one SavedModel (written once: it is the
-    slow half of a conversion). Returns {quantization: bytes}."""
+    slow half of a conversion). Returns {quantization: bytes}; with `seconds`, fills it with
+    each file's conversion time (the SavedModel's shared equally among them)."""
+    import time
+
     import tensorflow as tf
 
     from mobilevision.export.saved_model import write_saved_model
@@ -80,10 +95,18 @@ def convert_tflite_many(task, model, quantizations, **kwargs) -> dict[str, bytes
     def serve(image):
         return task.tflite_outputs(model, image, nms=nms)
 
+    seconds = {} if seconds is None else seconds
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mobilevision_tflite_") as tmp:
         path = write_saved_model(Path(tmp) / "saved_model", model, {
             "serving_default": (serve, [tf.TensorSpec([1, h, w, 3], tf.float32, name="image")])})
-        return {q: convert_saved_model(task, model, path, q, **kwargs) for q in quantizations}
+        shared = (time.perf_counter() - start) / max(1, len(quantizations))
+        files = {}
+        for q in quantizations:
+            start = time.perf_counter()
+            files[q] = convert_saved_model(task, model, path, q, **kwargs)
+            seconds[q] = shared + time.perf_counter() - start
+        return files
 
 
 def convert_saved_model(task, model, saved_model, quantization, calibration=None,
@@ -107,17 +130,33 @@ def convert_saved_model(task, model, saved_model, quantization, calibration=None
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([x[None]] for x in calibration)
+        images = with_full_input_range(calibration)
+        converter.representative_dataset = lambda: ([x[None]] for x in images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8 if input_type == "uint8" else tf.float32
         converter.inference_output_type = tf.float32
     data = converter.convert()
+    if quantization == "int8" and input_type == "uint8":
+        _check_uint8_input(data)
     check_ops(data, allow_custom=(DETECTION_OPS if task.name == "detection" else ()))
     check_weights(data, model, quantization)
     return data
 
 
 DETECTION_OPS = ("TFLite_Detection_PostProcess",)
+
+
+def _check_uint8_input(data: bytes) -> None:
+    """The uint8 input must read pixel bytes as they are (scale 1, zero point 0)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
+    q = graph.Tensors(graph.Inputs(0)).Quantization()
+    scale, zero = (q.Scale(0), q.ZeroPoint(0)) if q and q.ScaleLength() else (None, None)
+    if (scale, zero) != (1.0, 0):
+        raise ExportError(f"the int8 file's uint8 input is quantized with scale {scale}, zero "
+                          f"point {zero}, not 1 and 0, so raw pixels would be misread; export "
+                          f"with --input-type float32")
 
 
 def op_names(data: bytes) -> list[str]:

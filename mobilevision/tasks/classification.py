@@ -141,30 +141,31 @@ class ClassificationTask(Task):
             logs = model.evaluate(ds, return_dict=True, verbose=0)
         else:  # an exported file (export.runtime): the same metrics, summed here
             logs = self._evaluate_exported(model, ds)
-        return {"top1": float(logs["top1"]), "top5": float(logs["top5"]),
-                "loss": float(logs["loss"]), "num_examples": n - (len(SKIPPED) - before),
-                "split": split}
+        return {**{k: float(v) for k, v in logs.items() if k in ("top1", "top5", "loss",
+                                                                 "cross_entropy")},
+                "num_examples": n - (len(SKIPPED) - before), "split": split}
 
     def _evaluate_exported(self, model, ds) -> dict:
-        """top1, top5 and the loss of a runner's probabilities over `ds` (images, one-hot labels,
-        weights), weighted as `model.evaluate` weights them (corrupt files weigh 0)."""
+        """top1, top5 and the cross-entropy of a runner's probabilities over `ds` (images,
+        one-hot labels, weights); corrupt files weigh 0. top1 is the argmax, as Keras's
+        CategoricalAccuracy; top5 counts ties in the true class's favour, as in_top_k. The
+        cross-entropy (label smoothing included) is not Keras's `loss`, which adds weight decay."""
         k = min(5, self.cfg.model.num_classes)
         eps = self.cfg.train.label_smoothing
         total = top1 = top5 = loss = 0.0
         for images, onehot, weight in ds.as_numpy_iterator():
             probs = np.asarray(model.predict_on_batch(images), np.float32)
             label = onehot.argmax(-1)
-            # Rank of the true class: how many classes score higher (ties count for it, as
-            # keras's in_top_k does).
+            # Rank of the true class: how many classes score higher.
             rank = (probs > probs[np.arange(len(label)), label][:, None]).sum(-1)
             smooth = onehot * (1 - eps) + eps / onehot.shape[-1]
             ce = -(smooth * np.log(np.clip(probs, 1e-7, 1.0))).sum(-1)
             total += weight.sum()
-            top1 += (weight * (rank < 1)).sum()
+            top1 += (weight * (probs.argmax(-1) == label)).sum()
             top5 += (weight * (rank < k)).sum()
             loss += (weight * ce).sum()
         total = max(total, 1e-12)
-        return {"top1": top1 / total, "top5": top5 / total, "loss": loss / total}
+        return {"top1": top1 / total, "top5": top5 / total, "cross_entropy": loss / total}
 
     def export_outputs(self, model, images):
         return {"probabilities": model(images, training=False)}
@@ -183,7 +184,7 @@ class ClassificationTask(Task):
         names = class_names or [f"class_{i}" for i in range(self.cfg.model.num_classes)]
         size = tuple(self.cfg.model.input_size)
         x = augment.central_crop_resize(tf.constant(image), size, self.cfg.data.eval_crop)
-        probs = model.predict(x[None], verbose=0)[0]
+        probs = np.asarray(model.predict_on_batch(x[None]))[0]
         order = np.argsort(-probs)[:top_k]
         preds = [{"class": names[i], "class_id": int(i), "score": float(probs[i])} for i in order]
         canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)

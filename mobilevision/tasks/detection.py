@@ -200,7 +200,8 @@ class DetectionTask(Task):
         from mobilevision.ops.nms import multiclass_nms
 
         if "num_detections" in outputs:
-            # Already decoded by an exported file (export.runtime): clip as Keras's path does.
+            # Already decoded by an exported file (export.runtime). TFLite's op runs NMS on
+            # unclipped boxes and never clips; clip its results as this path clips its own.
             return (np.clip(outputs["detection_boxes"], 0.0, 1.0), outputs["detection_scores"],
                     outputs["detection_classes"], outputs["num_detections"])
         h = self.cfg.model.head
@@ -212,7 +213,8 @@ class DetectionTask(Task):
             e = np.exp(logits - logits.max(-1, keepdims=True))
             scores = (e / e.sum(-1, keepdims=True))[..., 1:]
         out = multiclass_nms(boxes, scores, iou_threshold=h.nms_iou,
-                             score_threshold=h.score_threshold, max_detections=h.max_detections)
+                             score_threshold=h.score_threshold, max_detections=h.max_detections,
+                             max_per_class=h.max_detections)
         return tuple(np.asarray(t) for t in out)
 
     # Export --------------------------------------------------------------------------------------
@@ -241,13 +243,14 @@ class DetectionTask(Task):
         scores = self.class_probabilities(out["classes"])[..., 1:]
         boxes, scores, classes, count = multiclass_nms(
             boxes, scores, iou_threshold=h.nms_iou, score_threshold=h.score_threshold,
-            max_detections=h.max_detections, label_offset=0)
+            max_detections=h.max_detections, max_per_class=h.max_detections, label_offset=0)
         return {"boxes": boxes, "classes": classes, "scores": scores, "count": count}
 
     def tflite_outputs(self, model, images, nms="regular"):
         """-> the same names from TFLite's TFLite_Detection_PostProcess op (classes as float),
         the anchors embedded in the file. nms: "regular" is per-class NMS, the algorithm of
-        Keras evaluation; "fast" the op's class-agnostic variant (one class per box)."""
+        Keras evaluation (the op runs it on unclipped boxes and does not clip them; Keras clips
+        first); "fast" the op's class-agnostic variant (one class per box)."""
         import tensorflow as tf
 
         from mobilevision.export.serving import detection_postprocess_fn

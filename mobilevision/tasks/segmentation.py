@@ -179,6 +179,12 @@ class SegmentationTask(Task):
         """`model`, or a copy built at input `size` (cached) holding the same weights."""
         if tuple(size) == tuple(model.input_shape[1:3]):
             return model
+        if not isinstance(model, keras.Model):
+            from mobilevision.config import ConfigError
+
+            raise ConfigError(f"eval.scales is {list(self.cfg.eval.scales)}, but an exported "
+                              f"model has one input size, {tuple(model.input_shape[1:3])}: use "
+                              f"eval.scales=[1.0] (and the same for the Keras model, to compare)")
         net = self._scaled_models.get(tuple(size))
         if net is None:
             net = self._scaled_models[tuple(size)] = self._build_model(input_size=size)
@@ -246,12 +252,6 @@ class SegmentationTask(Task):
 
         scales = list(scales or self.cfg.eval.scales)
         flip = self.cfg.eval.flip if flip is None else flip
-        if not isinstance(model, keras.Model) and scales != [1.0]:
-            from mobilevision.config import ConfigError
-
-            raise ConfigError(f"eval.scales is {scales}, but an exported model has one fixed "
-                              f"input size: evaluate it with eval.scales=[1.0] (and the Keras "
-                              f"model the same way, to compare)")
         data = self.dataset(split)
         k = self.cfg.model.num_classes
         ds, n = self.build_dataset(split, training=False)

@@ -63,27 +63,28 @@ def _detections(task, outputs, i):
     return boxes[i, :c], scores[i, :c], labels[i, :c]
 
 
-def _assert_same_detections(task, want, got, atol, top=10):
+def _assert_same_detections(task, want, got, atol, min_iou, top=10):
     """The `top` best Keras detections of each image are found in `got`: same class, IoU above
-    1 - atol * 100, score within atol."""
+    min_iou, score within atol."""
     for i in range(2):
         wb, ws, wl = _detections(task, want, i)
         gb, gs, gl = _detections(task, got, i)
         assert len(wb) > 0
         iou = pairwise_iou(wb[:top], gb) if len(gb) else np.zeros((min(top, len(wb)), 0))
         for j in range(min(top, len(wb))):
-            same = (gl == wl[j]) & (iou[j] > 1 - atol * 100) & (np.abs(gs - ws[j]) <= atol)
+            same = (gl == wl[j]) & (iou[j] > min_iou) & (np.abs(gs - ws[j]) <= atol)
             assert same.any(), f"image {i}: Keras detection {j} (class {wl[j]}, score {ws[j]:.4f})"
 
 
-@pytest.mark.parametrize("fmt, atol", [("saved_model", 1e-5), ("tflite", 1e-4),
-                                       ("tflite_fp16", 2e-2)])
-def test_float_files_give_the_keras_outputs(exported, fmt, atol):
+@pytest.mark.parametrize("fmt, atol, min_iou", [("saved_model", 1e-5, 0.999),
+                                                 ("tflite", 1e-4, 0.999),
+                                                 ("tflite_fp16", 2e-2, 0.95)])
+def test_float_files_give_the_keras_outputs(exported, fmt, atol, min_iou):
     task, model, paths, images = exported
     runner = load_exported(paths[fmt], task)
     want, got = model.predict_on_batch(images), runner.predict_on_batch(images)
     if task.name == "detection":
-        _assert_same_detections(task, want, got, atol)
+        _assert_same_detections(task, want, got, atol, min_iou)
     elif task.name == "segmentation":  # the runner returns log-probabilities
         e = np.exp(want - want.max(-1, keepdims=True))
         np.testing.assert_allclose(np.exp(got), e / e.sum(-1, keepdims=True), atol=atol)
@@ -114,9 +115,14 @@ def test_int8_file_is_integer_and_close_to_keras(exported):
     elif task.name == "segmentation":
         assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.9
     else:
-        _, ws, wl = _detections(task, want, 0)
-        _, gs, gl = _detections(task, got, 0)
-        assert gl[0] == wl[0] and abs(gs[0] - ws[0]) < 0.1
+        # A random detector's class scores nearly tie, so int8 error may swap classes or order
+        # (class parity on a trained detector: the demo test's AP delta). Its boxes and the
+        # spread of its scores must hold.
+        for i in range(2):
+            wb, ws, _ = _detections(task, want, i)
+            gb, gs, _ = _detections(task, got, i)
+            assert np.abs(np.sort(gs)[::-1][:10] - ws[:10]).max() < 0.05
+            assert (pairwise_iou(wb[:5], gb).max(1) > 0.8).all()
 
 
 def test_tflite_files_hold_only_ops_apps_can_run(exported):
@@ -141,18 +147,26 @@ def test_saved_model_uint8_signature_equals_float(exported):
         assert set(a) == {"boxes", "classes", "scores", "count"}
 
 
-def test_evaluate_scores_an_exported_file_like_keras(exported, tmp_path):
-    """`evaluate --model` runs the task's metrics on the file; on the same split they equal the
-    Keras model's (float32 TFLite)."""
+@pytest.mark.parametrize("fmt", ["saved_model", "tflite"])
+def test_evaluate_scores_an_exported_file_like_keras(exported, fmt, tmp_path):
+    """`evaluate --model` runs the task's metrics on the file; on the same split every metric
+    equals the Keras model's (float32 files)."""
     task, model, paths, _ = exported
     want = task.evaluate(model, task.cfg.data.val_split)
-    code = main(["evaluate", "--config", task.cfg["_source"], "--model", paths["tflite"],
+    code = main(["evaluate", "--config", task.cfg["_source"], "--model", paths[fmt],
                  "--output", str(tmp_path), *_overrides(task)])
     assert code == 0
-    got = json.loads((tmp_path / "eval.json").read_text())
-    key = task.monitor
-    assert got["model"] == paths["tflite"]
-    assert abs(got[key] - want[key]) < 0.005
+    got = json.loads((tmp_path / f"{Path(paths[fmt]).name}.eval.json").read_text())
+    assert got["model"] == paths[fmt]
+    metrics = [k for k, v in want.items() if isinstance(v, float) and k != "loss"]
+    assert task.monitor in metrics
+    for key in metrics:
+        assert abs(got[key] - want[key]) < 0.005, key
+    if task.name == "segmentation":  # a file has one input size: no multi-scale evaluation
+        from mobilevision.config import ConfigError
+
+        with pytest.raises(ConfigError, match=r"one input size.*eval.scales=\[1.0\]"):
+            task.evaluate(load_exported(paths["tflite"], task), "val", scales=[1.0, 1.5])
 
 
 def _overrides(task):
@@ -192,6 +206,32 @@ def test_options_for_formats_not_asked_are_refused(tmp_path):
     task = get_task(cfg)
     with pytest.raises(ExportError, match="--calibration-images applies to tflite_int8 only"):
         export_model(task, None, ["tflite"], tmp_path, calibration_images=10)
+    with pytest.raises(ExportError, match="--nms applies to tflite, tflite_fp16, tflite_int8"):
+        export_model(task, None, ["onnx"], tmp_path, nms="fast")
+    with pytest.raises(ExportError, match="--nms applies to detection models only"):
+        export_model(task, None, ["tflite"], tmp_path, nms="fast")
+    with pytest.raises(ExportError, match="--calibration-images 0: give at least 1"):
+        export_model(task, None, ["tflite_int8"], tmp_path, calibration_images=0)
+
+
+def test_a_file_of_another_task_is_refused_by_name(exported, tmp_path, capsys):
+    """evaluate --model with a file that is not the config's task, or not a model at all: a
+    one-line error naming the file, exit 2."""
+    task, _, paths, _ = exported
+    other = {"classification": "segmentation", "segmentation": "classification",
+             "detection": "classification"}[task.name]
+    cfg = _config(other, tmp_path / "data")  # 64 px: the segmenter's or classifier's size
+    if tuple(cfg.model.input_size) == tuple(task.cfg.model.input_size):
+        with pytest.raises(ExportError, match="was it exported for another task"):
+            load_exported(paths["tflite"], get_task(cfg))
+    else:
+        with pytest.raises(ExportError, match="input is .* model.input_size"):
+            load_exported(paths["tflite"], get_task(cfg))
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a flatbuffer" * 8)
+    assert main(["evaluate", "--config", task.cfg["_source"], "--model", str(junk),
+                 *_overrides(task)]) == 2
+    assert f"--model {junk}: cannot load it" in capsys.readouterr().err
 
 
 MEDIAPIPE = os.environ.get("MOBILEVISION_MEDIAPIPE_PYTHON")
@@ -294,3 +334,32 @@ def test_export_from_a_run_folder_needs_no_dataset(tmp_path, capsys):
     assert main(["export", "--config", "shapes_classifier.yaml", "--format", "tflite",
                  *_overrides(get_task(cfg)), f"output={run}"]) == 2
     assert "labels.txt: 2 class names, but model.num_classes is 5" in capsys.readouterr().err
+
+
+def test_predict_runs_an_exported_file(exported, tmp_path):
+    """`predict --model FILE` annotates images with the file's answers, class names from the
+    labels.txt the export wrote beside it; the same as the Keras model's predictions."""
+    from PIL import Image
+
+    task, model, paths, images = exported
+    Image.fromarray(images[0].astype(np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "pred"
+    assert main(["predict", "--config", task.cfg["_source"], "--model", paths["tflite"],
+                 "--input", str(tmp_path / "a.png"), "--output", str(out),
+                 *_overrides(task)]) == 0
+    got = json.loads((out / "predictions.json").read_text())[0]
+    want, _ = task.predict_image(model, np.asarray(Image.open(tmp_path / "a.png")),
+                                 task.class_names)
+    assert got["file"] == str(tmp_path / "a.png")
+    if task.name == "classification":  # the same score for each class (order may tie)
+        scores = {p["class"]: p["score"] for p in got["predictions"]}
+        for p in want["predictions"]:
+            assert abs(scores[p["class"]] - p["score"]) < 1e-3, p
+    elif task.name == "detection":  # each of Keras's best five is among the file's
+        for d in want["detections"][:5]:
+            assert any(g["class"] == d["class"] and abs(g["score"] - d["score"]) < 1e-3 and
+                       np.allclose(g["bbox"], d["bbox"], atol=0.5) for g in got["detections"]), d
+    else:  # the fraction of pixels of each class
+        assert set(got["classes"]) == set(want["classes"])
+        for name, fraction in want["classes"].items():
+            assert abs(got["classes"][name] - fraction) < 0.01, name
