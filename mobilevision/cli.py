@@ -70,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "model", None) and getattr(args, "weights", None):
+        parser.error("--weights and --model exclude each other: an exported file holds its weights")
     from mobilevision.backbones.weights import WeightsFileError, WeightsMismatchError
     from mobilevision.config import ConfigError
     from mobilevision.data.decode import ImageDecodeError
@@ -132,9 +135,6 @@ def _evaluate_exported(cfg, args) -> int:
     from mobilevision.tasks.trainer import dumps_metrics, report_skips
     from mobilevision.utils import atomic_write_json
 
-    if args.weights:
-        raise FileNotFoundError("--weights and --model exclude each other: an exported file "
-                                "holds its weights")
     task = get_task(cfg)
     task.prepare_data()
     model = load_exported(args.model, task, num_threads=args.threads)
@@ -232,9 +232,6 @@ def _predict(args) -> int:
     if args.model:
         from mobilevision.export.runtime import load_exported
 
-        if args.weights:
-            raise FileNotFoundError("--weights and --model exclude each other: an exported file "
-                                    "holds its weights")
         model = load_exported(args.model, task)
         names = _run_labels(Path(args.model).parent, cfg.model.num_classes)
     else:
