@@ -51,17 +51,20 @@ def _check_fits(path, runner, task) -> None:
     if got != want:
         raise ExportError(f"--model {path}: input is {got} but the config's model.input_size is "
                           f"{want}: evaluate with the config it was exported from")
+    from mobilevision.export.metadata import TASK_OUTPUTS
+
     names = set(getattr(runner, "output_names", ()) or ())
-    expected = (EXPORTED_OUTPUTS if not str(path).endswith(".onnx") else RAW_OUTPUTS)[task.name]
+    if str(path).endswith(".onnx"):
+        expected = RAW_OUTPUTS[task.name]
+    else:  # a TFLite file's outputs, which a SavedModel's include
+        expected = {o.signature_name for o in TASK_OUTPUTS[task.name]}
     if expected and not expected <= names:
         raise ExportError(f"--model {path}: outputs {sorted(names)}, but a {task.name} file has "
                           f"{sorted(expected)}: was it exported for another task?")
 
 
-# Output names an exported file has per task: decoded (SavedModel, TFLite) and raw (ONNX, whose
-# single-output models keep the Keras layer's name, so only the detector's are fixed).
-EXPORTED_OUTPUTS = {"classification": {"probabilities"}, "segmentation": {"scores"},
-                    "detection": {"boxes", "classes", "scores", "count"}}
+# Output names of a raw (ONNX) file per task: single-output models keep the Keras layer's name,
+# so only the detector's are fixed.
 RAW_OUTPUTS = {"classification": set(), "segmentation": set(), "detection": {"boxes", "classes"}}
 
 
