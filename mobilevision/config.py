@@ -158,6 +158,23 @@ SCHEMA: dict[str, Field] = {
     "train.precision": Field("float32", "str", PRECISIONS),
     "train.eval_every": Field(1, "int", help="validate every N epochs"),
     "train.verbose": Field("auto", "str", ("auto", "0", "1", "2")),
+    # distribution (tf.distribute; train.batch_size is the global batch, split across replicas)
+    "distribute.strategy": Field("default", "str", ("default", "mirrored", "multi_worker", "tpu"),
+                                 help="default: one device; mirrored: the GPUs (or CPUs) of this "
+                                      "machine; multi_worker: the cluster in TF_CONFIG; tpu"),
+    "distribute.devices": Field(None, "strs", nullable=True,
+                                help="mirrored: devices to use, e.g. [/gpu:0, /gpu:1]; null: every "
+                                     "GPU, else every CPU device"),
+    "distribute.cpu_devices": Field(0, "int",
+                                    help="split the host CPU into this many logical devices (0: "
+                                         "leave it whole); to try mirrored without GPUs"),
+    "distribute.communication": Field("auto", "str", ("auto", "ring", "nccl"),
+                                      help="multi_worker: collective implementation"),
+    "distribute.tpu": Field("", "str", help="tpu: TPU name or grpc:// address; '' finds the local one"),
+    "distribute.sync_batchnorm": Field(True, "bool",
+                                       help="BatchNorm statistics over the global batch when there "
+                                            "are several replicas (results do not depend on the "
+                                            "replica count)"),
     # evaluation
     "eval.scales": Field([1.0], "floats",
                          help="segmentation: test scales; the paper's MF: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]"),
@@ -240,6 +257,18 @@ def _suggest(key: str) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def _unknown(key: str, value, where: str) -> str:
+    """The message for a key that is not in SCHEMA: a section given a value (`train: 5`, or
+    `train:` with nothing under it), else an unknown key with the closest valid one."""
+    inside = [k for k in SCHEMA if k.startswith(key + ".")]
+    if inside:
+        shown = ", ".join(inside[:3]) + (", ..." if len(inside) > 3 else "")
+        got = "nothing" if value is None else repr(value)
+        return (f"{where}: key '{key}' is a section; expected a mapping of its keys ({shown}), "
+                f"got {got}")
+    return f"{where}: unknown key '{key}'{_suggest(key)}"
+
+
 def _check_type(key: str, value, where: str):
     """Return `value` converted to the field's type, or raise ConfigError."""
     field = SCHEMA[key]
@@ -299,13 +328,42 @@ def _check_type(key: str, value, where: str):
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one, so a
+    second `train:` section would silently drop every key of the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # the base class reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict:
+    """The top-level mapping of a YAML config file; ConfigError naming the file (and the line,
+    where there is one) when it cannot be read, is not UTF-8, is not valid YAML, repeats a key,
+    is empty or is not a mapping."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save "
+                          f"the config as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -314,7 +372,10 @@ def _read_yaml(path: Path) -> dict:
             problem += " (YAML does not allow tabs for indentation; use spaces)"
         raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
     if data is None:
-        return {}
+        # Most likely a file emptied by mistake; training the defaults (ImageNet from `data/`)
+        # instead would be a surprise. The bundled configs show what goes in.
+        raise ConfigError(f"{path}: config file is empty (or only comments); expected a mapping "
+                          f"of keys such as 'task: classification'")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
@@ -334,6 +395,8 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"config '{name_or_path}' is a directory; expected a YAML file")
     for folder in bundled_config_dirs():
         candidate = folder / path.name
         if candidate.is_file():
@@ -373,13 +436,13 @@ def load_config(name_or_path=None, overrides: Sequence[str] = (), *, check_files
         for key, value in _flatten(_read_yaml(source)).items():
             where = str(source)
             if key not in SCHEMA:
-                raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key)}")
+                raise ConfigError(_unknown(key, value, where))
             _set(tree, key, _check_type(key, value, where))
     for text in overrides:
         key, value = parse_override(text)
         where = f"override '{text}'"
         if key not in SCHEMA:
-            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key)}")
+            raise ConfigError(_unknown(key, value, where))
         _set(tree, key, _check_type(key, value, where))
     if tree.get("name") is None:
         tree["name"] = source.stem if source is not None else "default"

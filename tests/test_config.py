@@ -1,4 +1,5 @@
-"""Config: defaults, YAML, overrides, and errors that name the key, the file and a suggestion."""
+"""Config: defaults, YAML, overrides, saving. Bad configs (unknown keys, wrong types, tabs, missing
+files, ...) and their errors that name the key, the file and a suggestion: tests/test_bad_input.py."""
 
 import pytest
 
@@ -25,59 +26,9 @@ def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
     assert load_config(None, ["train.weight_decay=4e-5"]).train.weight_decay == 4e-5
 
 
-def test_unknown_key_names_file_and_suggests_closest(tmp_path):
-    path = write(tmp_path, "train:\n  epoch: 5\n")
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    msg = str(e.value)
-    assert str(path) in msg and "'train.epoch'" in msg and "did you mean 'train.epochs'" in msg
-
-
-def test_unknown_override_suggests_key_from_other_section():
-    with pytest.raises(ConfigError, match=r"override 'alpha=0.5'.*did you mean 'model.backbone.alpha'"):
-        load_config(None, ["alpha=0.5"])
-
-
-@pytest.mark.parametrize("text, key", [
-    ("train:\n  epochs: five\n", "train.epochs"),
-    ("train:\n  epochs: 2.5\n", "train.epochs"),
-    ("model:\n  input_size: 224x224\n", "model.input_size"),
-    ("model:\n  backbone:\n    alpha: 0.6\n", "model.backbone.alpha"),
-    ("model:\n  backbone:\n    output_stride: 4\n", "model.backbone.output_stride"),
-    ("data:\n  augment:\n    flip: maybe\n", "data.augment.flip"),
-    ("train: 5\n", "train"),
-])
-def test_wrong_types_and_values_name_key_and_file(tmp_path, text, key):
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert f"'{key}'" in str(e.value) and str(path) in str(e.value)
-
-
-def test_missing_weights_file_is_an_error_naming_key(tmp_path):
-    path = write(tmp_path, f"model:\n  weights: {tmp_path / 'nope.weights.h5'}\n")
-    with pytest.raises(ConfigError, match=r"'model.weights'.*nope.weights.h5.*not a file"):
-        load_config(path)
-    with pytest.raises(ConfigError, match=r"'model.backbone.weights'"):
-        load_config(None, ["model.backbone.weights=/no/such/file.h5"])
-
-
 def test_input_size_must_be_multiple_of_32():
     with pytest.raises(ConfigError, match="multiples of 32"):
         load_config(None, ["model.input_size=[100,100]"])
-
-
-def test_tabs_and_bad_yaml_name_file_and_line(tmp_path):
-    path = write(tmp_path, "train:\n\tepochs: 5\n")
-    with pytest.raises(ConfigError, match=r"exp.yaml line 2: invalid YAML.*tabs"):
-        load_config(path)
-
-
-def test_override_without_equals_and_missing_config():
-    with pytest.raises(ConfigError, match="expected key=value"):
-        load_config(None, ["train.epochs"])
-    with pytest.raises(ConfigError, match="not found.*did you mean 'shapes_classifier.yaml'"):
-        load_config("shapes_clasifier.yaml")
 
 
 def test_bundled_configs_are_found_by_name_and_valid():

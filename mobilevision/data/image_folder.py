@@ -24,8 +24,10 @@ def list_image_folder(folder: str | os.PathLike, class_names: list[str] | None =
     Returns:
       (paths: list[str], labels: list[int], class_names: list[str]), files sorted for repeatability.
     Raises:
-      DatasetError naming the folder if it is missing, has no class subfolders, or no images; or if
-      it has a class folder that `class_names` does not list.
+      DatasetError naming the folder if it is missing, has no class subfolders, or no images; if
+      it has a class folder that `class_names` does not list; or, when the folders define the
+      classes (`class_names` None, the training split), if a class folder holds no image.
+      Files with other extensions are not listed.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -33,7 +35,8 @@ def list_image_folder(folder: str | os.PathLike, class_names: list[str] | None =
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
         raise DatasetError(f"{folder}: no class subfolders (expected {folder}/<class>/<image>)")
-    if class_names is None:
+    defines_classes = class_names is None
+    if defines_classes:
         class_names = found
     else:
         extra = [c for c in found if c not in class_names]
@@ -49,5 +52,14 @@ def list_image_folder(folder: str | os.PathLike, class_names: list[str] | None =
                     labels.append(index[name])
     if not paths:
         raise DatasetError(f"{folder}: no images (.jpg, .jpeg, .png, .bmp) in its class folders")
+    if defines_classes:
+        # A class without examples would still get an output and never be learned (torchvision's
+        # ImageFolder refuses it too).
+        used = set(labels)
+        empty = [name for name in found if index[name] not in used]
+        if empty:
+            raise DatasetError(f"{folder / empty[0]}: class folder has no images (.jpg, .jpeg, "
+                               f".png, .bmp); add some or remove it"
+                               + (f" (also empty: {empty[1:]})" if len(empty) > 1 else ""))
     order = sorted(range(len(paths)), key=lambda i: paths[i])
     return [paths[i] for i in order], [labels[i] for i in order], list(class_names)

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from mobilevision.data.coco import load_instances_json
-from mobilevision.data.decode import ImageDecodeError, is_image_file, read_image
+from mobilevision.data.decode import ImageDecodeError, image_size, is_image_file, read_image
 from mobilevision.data.image_folder import DatasetError
 from mobilevision.data.skips import SKIPPED
 
@@ -41,7 +41,6 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
                "sheep", "sofa", "train", "tvmonitor")
 
-_EXIF_ORIENTATION = 0x0112
 _WORKERS = 4
 
 
@@ -129,23 +128,6 @@ def read_label_png(path, num_classes: int | None = None) -> np.ndarray:
     return values
 
 
-def image_size(path) -> tuple[int, int]:
-    """(height, width) of an image as `read_image` returns it (EXIF orientation applied), from
-    its header. Raises ImageDecodeError for a file that is missing or cannot be identified."""
-    try:
-        with Image.open(path) as image:
-            w, h = image.size
-            try:
-                if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-                    h, w = w, h
-            except Exception:  # a malformed EXIF block: read_image shows the pixels as stored
-                pass
-            return h, w
-    except Exception:
-        pixels = read_image(path)  # raises ImageDecodeError with the reason
-        return pixels.shape[:2]
-
-
 # ------------------------------------------------------------------------------------------------
 # Layouts
 # ------------------------------------------------------------------------------------------------
@@ -231,36 +213,104 @@ def read_coco_segmentation(annotation_file, image_dir, *, skip_invalid: bool = F
 
     Categories sorted by id become the contiguous labels 1..K (0 background); the class names
     are ["background", *category names]. Every image is kept, also one without annotations.
+    An image entry without its size, a missing image file, an annotation with an unknown
+    category or image id, or a segmentation that cannot be painted on its image (not polygons
+    of numbers, or an RLE of another size or whose counts do not cover it) is a DatasetError
+    naming it, or with skip_invalid skipped and recorded in `skipped`: found here, before
+    training, rather than inside the tf.data pipeline.
     Returns (records in image-id order, class names)."""
     annotation_file, image_dir = Path(annotation_file), Path(image_dir)
     skipped = {} if skipped is None else skipped
     data = load_instances_json(annotation_file)
     categories = sorted(data["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: i + 1 for i, c in enumerate(categories)}
-    names = ["background", *(str(c["name"]) for c in categories)]
-    records = {}
-    for info in sorted(data["images"], key=lambda i: i["id"]):
-        path = image_dir / info["file_name"]
+    names = ["background", *(str(c.get("name", c["id"])) for c in categories)]
+    records, listed = {}, set()
+    for info in data["images"]:
+        try:
+            image_id, file_name = info["id"], str(info["file_name"])
+            height, width = int(info["height"]), int(info["width"])
+            if height < 1 or width < 1:
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            _missing("needs id, file_name, and a positive width and height",
+                     f"{annotation_file}: image entry {info!r:.80}", skip_invalid, skipped)
+            continue
+        listed.add(image_id)
+        path = image_dir / file_name
         if not path.is_file():
             _missing("image file not found", path, skip_invalid, skipped,
-                     f" (image id {info['id']} in {annotation_file})")
+                     f" (image id {image_id} in {annotation_file})")
             continue
-        records[info["id"]] = SegRecord(str(info["id"]), str(path), None, int(info["height"]),
-                                        int(info["width"]), source=str(annotation_file))
+        records[image_id] = SegRecord(str(image_id), str(path), None, height, width,
+                                      source=str(annotation_file))
     for ann in data["annotations"]:
         where = f"{annotation_file}: annotation {ann.get('id')}"
         if ann.get("category_id") not in label_of:
             _missing(f"unknown category id {ann.get('category_id')}", where, skip_invalid, skipped)
             continue
-        record = records.get(ann.get("image_id"))
+        if ann.get("image_id") not in listed:
+            _missing(f"image_id {ann.get('image_id')} is not in 'images'", where, skip_invalid,
+                     skipped)
+            continue
+        record = records.get(ann["image_id"])
         if record is None:
-            continue  # its image was skipped above, or it is not listed: nothing to paint on
+            continue  # its image was skipped above: nothing to paint on
         segm = ann.get("segmentation")
         if not segm:
             continue  # a box-only annotation has no pixels to label
+        problem = _segmentation_problem(segm, record.height, record.width)
+        if problem:
+            _missing(problem, where, skip_invalid, skipped)
+            continue
         record.objects.append((label_of[ann["category_id"]], segm, bool(ann.get("iscrowd", 0)),
                                float(ann.get("area", 0.0))))
-    return list(records.values()), names
+    return [records[i] for i in sorted(records)], names
+
+
+def _segmentation_problem(segm, h: int, w: int) -> str | None:
+    """Why a COCO `segmentation` cannot be painted on an (h, w) image, or None. Cheap (nothing
+    is decoded), and enough that painting it later cannot fail: pycocotools neither checks an
+    RLE's size nor that its counts cover the image (short counts paint uninitialized memory)."""
+    if isinstance(segm, list):
+        numbers = all(isinstance(p, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in p)
+            for p in segm)
+        return None if numbers else ("segmentation: expected polygons, lists of numbers "
+                                     "[x1, y1, x2, y2, ...]")
+    if isinstance(segm, dict):
+        size, counts = segm.get("size"), segm.get("counts")
+        if size != [h, w]:
+            return (f"segmentation: RLE of size {size!r} (h, w) on an image of {[h, w]} "
+                    f"(its size in 'images')")
+        try:
+            if isinstance(counts, str):
+                counts = _rle_string_counts(counts.encode("ascii"))
+            ok = (isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
+                  and sum(counts) == h * w)
+        except (UnicodeEncodeError, IndexError):
+            ok = False
+        return None if ok else (f"segmentation: RLE counts must be run lengths adding up to "
+                                f"{h} x {w} = {h * w} pixels")
+    return (f"segmentation of type {type(segm).__name__}: expected polygons or RLE "
+            f"{{'size': [h, w], 'counts': ...}}")
+
+
+def _rle_string_counts(s: bytes) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' rleFrString: 5 bits a
+    character, a continuation bit, and from the third run on a delta to the run two before)."""
+    counts, p = [], 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            c = s[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)  # sign extension
+        counts.append(x + counts[-2] if len(counts) > 2 else x)
+    return counts
 
 
 def _decode_segmentation(segm, h: int, w: int, where: str) -> np.ndarray:

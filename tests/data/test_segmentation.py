@@ -1,9 +1,8 @@
 """Segmentation readers: VOC palette PNGs read as indices, COCO polygons / RLE painted into label
-maps with crowd regions ignored, image + mask folders, every bad-input case as an error naming
-the file, unreadable files skipped, and augmentation that keeps labels on their pixels."""
+maps with crowd regions ignored, image + mask folders, and augmentation that keeps labels on
+their pixels. Bad masks, images and annotations: tests/test_bad_input.py."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from mobilevision.data.segmentation import (VOC_CLASSES, coco_label_map, read_co
                                             read_label_png, read_segmentation)
 from mobilevision.data.segmentation_augment import train_transform
 from mobilevision.data.shapes import SHAPE_CLASSES, ensure_shapes, voc_colormap
-from mobilevision.data.skips import SKIPPED
 
 PALETTE = voc_colormap(256).reshape(-1).tolist()
 
@@ -54,10 +52,6 @@ def tiny_voc(tmp_path):
     return root
 
 
-def _read_tiny(root, **kw):
-    return read_segmentation("voc", root, "train", class_names=["bg", "x", "y"], **kw)
-
-
 def test_shapes_voc_layout_reads_palette_indices(shapes_voc):
     ds = read_segmentation("voc", shapes_voc, "train",
                            class_names=(shapes_voc / "classes.txt").read_text().split())
@@ -87,45 +81,6 @@ def test_default_voc_classes(tiny_voc):
     assert ds.class_names == list(VOC_CLASSES) and len(ds.class_names) == 21
 
 
-def test_mask_size_mismatch_names_the_file(tiny_voc):
-    _write_mask(tiny_voc / "SegmentationClass" / "b.png", np.zeros((8, 10), np.uint8))
-    with pytest.raises(DatasetError, match=r"SegmentationClass/b\.png: label map is 10x8.*b\.jpg is 12x8"):
-        _read_tiny(tiny_voc)
-    ds = _read_tiny(tiny_voc, skip_invalid=True)
-    assert [r.image_id for r in ds.records] == ["a"]
-    assert list(ds.skipped) == [str(tiny_voc / "SegmentationClass" / "b.png")]
-
-
-def test_out_of_range_label_names_the_file(tiny_voc):
-    values = np.zeros((8, 12), np.uint8)
-    values[1, 1], values[2, 2] = 7, 3
-    _write_mask(tiny_voc / "SegmentationClass" / "a.png", values)
-    with pytest.raises(DatasetError, match=r"SegmentationClass/a\.png: label values 3, 7 are "
-                                           r"outside the 3 classes 0\.\.2 \(255 = ignore\)"):
-        _read_tiny(tiny_voc)
-
-
-def test_rgb_mask_is_refused(tiny_voc):
-    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(tiny_voc / "SegmentationClass" / "a.png")
-    with pytest.raises(DatasetError, match=r"a\.png: label map is a RGB image"):
-        _read_tiny(tiny_voc)
-
-
-def test_missing_mask_names_the_pair(tiny_voc):
-    (tiny_voc / "SegmentationClass" / "b.png").unlink()
-    with pytest.raises(DatasetError, match=r"SegmentationClass/b\.png: label map not found "
-                                           r"\(the pair of .*JPEGImages/b\.jpg"):
-        _read_tiny(tiny_voc)
-
-
-def test_listed_id_without_image_names_it_and_the_list(tiny_voc):
-    (tiny_voc / "ImageSets/Segmentation/train.txt").write_text("a\nb\nc\n")
-    with pytest.raises(DatasetError, match=r"JPEGImages/c\.jpg: image file not found \(listed as "
-                                           r"'c' in .*train\.txt\)"):
-        _read_tiny(tiny_voc)
-    assert len(_read_tiny(tiny_voc, skip_invalid=True).records) == 2
-
-
 def test_missing_split_list_names_it(tiny_voc):
     with pytest.raises(DatasetError, match=r"ImageSets/Segmentation/val\.txt: split list not found"):
         read_segmentation("voc", tiny_voc, "val", class_names=["bg", "x", "y"])
@@ -147,16 +102,6 @@ def test_folder_layout_pairs_by_stem_and_names_unpaired_files(tmp_path):
     _write_mask(masks / "s.png", np.ones((6, 6), np.uint8))
     with pytest.raises(DatasetError, match=r"masks/s\.png: label map without an image"):
         read_segmentation("folder", tmp_path, "train", class_names=["bg", "thing"])
-
-
-def test_corrupt_files_are_skipped_and_reported(tiny_voc):
-    (tiny_voc / "JPEGImages" / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    (tiny_voc / "SegmentationClass" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    with pytest.raises(DatasetError, match="no usable examples"):
-        _read_tiny(tiny_voc)
-    skipped = SKIPPED.items()
-    assert str(tiny_voc / "JPEGImages" / "a.jpg") in skipped
-    assert str(tiny_voc / "SegmentationClass" / "b.png") in skipped
 
 
 def _coco_file(tmp_path, annotations, size=(20, 30)):
@@ -205,20 +150,6 @@ def test_coco_polygons_and_rle_become_labels_with_crowd_ignored(tmp_path):
     rest = crowd.astype(bool) & ~small.astype(bool)
     assert (label[rest] == 255).all()              # crowd: ignore
     assert (label[0:2] == 0).all() and (label[8:10] == 0).all()
-
-
-def test_coco_unknown_category_and_size_mismatch_name_the_file(tmp_path):
-    bad = [{"id": 9, "image_id": 5, "category_id": 4, "iscrowd": 0, "area": 1.0,
-            "segmentation": [[0, 0, 1, 0, 1, 1]]}]
-    path = _coco_file(tmp_path, bad)
-    with pytest.raises(DatasetError, match=r"instances\.json: annotation 9: unknown category id 4"):
-        read_coco_segmentation(path, tmp_path / "images")
-    _coco_file(tmp_path, [], size=(20, 30))
-    _write_image(tmp_path / "images" / "one.jpg", 21, 30)  # the file disagrees with the JSON
-    with pytest.raises(DatasetError, match=r"one\.jpg: image is 30x21 \(w x h\) but .*instances"
-                                           r"\.json gives it 30x20"):
-        read_segmentation("coco", tmp_path, "x", coco={"images": "images",
-                                                       "annotations": "instances.json"})
 
 
 def test_train_transform_keeps_labels_on_their_pixels():
