@@ -100,6 +100,9 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     results = train(cfg, output=args.output, resume=args.resume, overwrite=args.overwrite,
                     overrides=args.overrides)
+    if "worker" in results:  # a multi-worker run's other workers write nothing
+        print(f"worker {results['worker']} finished; the chief writes the run folder")
+        return 0
     run = run_dir_for(cfg, args.output)
     print(f"\nrun folder: {run}\n  checkpoints: {run / 'checkpoints'}\n  metrics: "
           f"{run / 'metrics.csv'}\n  plot: {run / 'plots' / 'curves.png'}\n  results: "

@@ -504,11 +504,26 @@ def _validate_segmentation(cfg: Config, where: str) -> None:
                           f"{cfg.model.num_classes}")
 
 
+def _versions() -> str:
+    """The versions a run's numbers depend on, e.g. 'python 3.11.9, tensorflow 2.21.0, ...'."""
+    import platform
+    from importlib import metadata
+
+    found = [f"python {platform.python_version()}"]
+    for package in ("tensorflow", "keras", "numpy"):
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(found)
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically, with the package version in a header, so
     `--config path` repeats the run exactly."""
     from mobilevision.utils import atomic_write_text
 
     data = {k: v for k, v in cfg.to_dict().items() if not k.startswith("_")}
-    header = f"# resolved by mobilevision {__version__} from {cfg.get('_source')}\n"
+    header = (f"# resolved by mobilevision {__version__} from {cfg.get('_source')}\n"
+              f"# with {_versions()}\n")
     atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False))

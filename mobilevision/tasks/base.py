@@ -113,6 +113,22 @@ class Task:
         `predict_on_batch` returns, so evaluation runs unchanged on the file (export.runtime)."""
         raise NotImplementedError
 
+    def local_view(self, model: keras.Model) -> keras.Model:
+        """`model`, or for a model trained under a tf.distribute strategy with several replicas,
+        a single-device copy holding its current weights. Evaluation calls `predict_on_batch`,
+        which a distributed model answers once per replica (N images give N x replicas rows)
+        and, across workers, only together with every worker."""
+        strategy = getattr(model, "_distribute_strategy", None)
+        if strategy is None or strategy.num_replicas_in_sync == 1:
+            return model
+        local = getattr(self, "_local_model", None)
+        if local is None:
+            # Callbacks run outside the strategy's scope, so this model is a plain one.
+            local = self._local_model = self._build_model()
+            self.compile(local, steps_per_epoch=1)  # evaluation reads the compiled loss
+        local.set_weights(model.get_weights())
+        return local
+
     def callbacks(self, run_dir) -> list:
         """Extra callbacks, run before the checkpoint callback reads the epoch's logs."""
         return []

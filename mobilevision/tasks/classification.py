@@ -21,6 +21,7 @@ class ClassificationTask(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         self._class_names = None
+        self._listed = {}  # split -> the files it lists (to count the unreadable ones)
 
     # Model -------------------------------------------------------------------------------------
     def _build_model(self) -> keras.Model:
@@ -82,6 +83,7 @@ class ClassificationTask(Task):
             from mobilevision.data.image_folder import list_image_folder
 
             paths, labels, _ = list_image_folder(Path(d.root) / split, self.class_names)
+            self._listed[split] = paths
             n = len(paths)
             ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
             if training:
@@ -136,14 +138,14 @@ class ClassificationTask(Task):
         from mobilevision.data.skips import SKIPPED
 
         ds, n = self.build_dataset(split, training=False)
-        before = len(SKIPPED)
         if isinstance(model, keras.Model):
             logs = model.evaluate(ds, return_dict=True, verbose=0)
         else:  # an exported file (export.runtime): the same metrics, summed here
             logs = self._evaluate_exported(model, ds)
         return {**{k: float(v) for k, v in logs.items() if k in ("top1", "top5", "loss",
                                                                  "cross_entropy")},
-                "num_examples": n - (len(SKIPPED) - before), "split": split}
+                "num_examples": n - len(set(self._listed.get(split, ())) & set(SKIPPED.items())),
+                "split": split}
 
     def _evaluate_exported(self, model, ds) -> dict:
         """top1, top5 and the cross-entropy of a runner's probabilities over `ds` (images,

@@ -32,7 +32,9 @@ class SSDModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = self.ssd_loss(y, y_pred, sample_weight)
-        return loss + keras.ops.sum(self.losses) if self.losses else loss  # + weight decay
+        if self.losses:  # weight decay, which Keras scales for tf.distribute as for any model
+            loss = loss + super().compute_loss(x, y, y_pred, sample_weight, training)
+        return loss
 
 
 class DetectionTask(Task):
@@ -272,40 +274,43 @@ class DetectionTask(Task):
 
     def detect(self, model, split: str) -> list[dict]:
         """Run on a split; COCO-results dicts in the dataset's category ids and original pixels."""
+        return self._detect(model, split)[0]
+
+    def _detect(self, model, split: str) -> tuple[list[dict], list[int]]:
+        """-> (COCO-results dicts, the image ids that were read): an unreadable image has no
+        detections and is left out of the evaluation, not counted as missing every box."""
         from mobilevision.tasks.coco_eval import detections_to_coco
 
         coco = self.coco(split)
         ds, _ = self.build_dataset(split, training=False)
-        results = []
+        results, read = [], []
         for images, indices, ok in ds:
             boxes, scores, labels, counts = self.postprocess(model.predict_on_batch(images))
             for i, index in enumerate(indices.numpy()):
                 if not ok[i]:
                     continue
                 r = coco.records[index]
+                read.append(r.image_id)
                 c = int(counts[i])
                 results += detections_to_coco(r.image_id, boxes[i, :c], scores[i, :c],
                                               labels[i, :c], r.width, r.height, coco.category_ids)
-        return results
+        return results, read
 
     def evaluate(self, model, split, out_dir=None):
         """COCOeval bbox metrics on `split`; with out_dir, also writes the detections there as
         COCO results (`detections_<split>.json`, the dataset's category ids, original pixels)."""
-        from mobilevision.data.skips import SKIPPED
         from mobilevision.tasks.coco_eval import CocoEvaluator
         from mobilevision.utils import atomic_write_json
 
         coco = self.coco(split)
         if split not in self._evaluators:
             self._evaluators[split] = CocoEvaluator(coco.annotation_file)
-        before = len(SKIPPED)
-        detections = self.detect(model, split)
+        detections, image_ids = self._detect(model, split)
         if out_dir is not None:
             atomic_write_json(Path(out_dir) / f"detections_{split}.json", detections)
-        image_ids = [r.image_id for r in coco.records]
         metrics = self._evaluators[split].evaluate(detections, image_ids=image_ids)
         metrics.pop("summary_text", None)
-        metrics.update({"split": split, "num_examples": len(image_ids) - (len(SKIPPED) - before),
+        metrics.update({"split": split, "num_examples": len(image_ids),
                         "dropped_boxes": dict(coco.dropped), "clipped_boxes": coco.clipped,
                         "skipped_annotations": coco.skipped})
         return metrics
@@ -348,7 +353,7 @@ class CocoEvalCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
             return
-        metrics = self.task.evaluate(self.model, self.split)
+        metrics = self.task.evaluate(self.task.local_view(self.model), self.split)
         for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
             logs[f"val_{key}"] = float(metrics[key])
         print(json.dumps({f"val_{k}": round(float(metrics[k]), 4) for k in ("AP", "AP50", "AP75")}))

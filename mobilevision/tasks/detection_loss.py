@@ -19,7 +19,9 @@ calls it from `compute_loss`:
     class SSDModel(keras.Model):  # a functional model: SSDModel(inputs, outputs)
         def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
             loss = self.ssd_loss(y, y_pred, sample_weight)  # an SSDLoss
-            return loss + sum(self.losses) if self.losses else loss  # + weight decay
+            if self.losses:  # + weight decay, as Keras adds (and scales for tf.distribute) it
+                loss = loss + super().compute_loss(x, y, y_pred, sample_weight, training)
+            return loss
 
 and is compiled with `loss=None`.
 
@@ -30,6 +32,8 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+
+from mobilevision.tasks.distribute import global_count_share
 
 CLASSIFICATION_LOSSES = ("softmax", "focal")
 
@@ -167,7 +171,8 @@ class SSDLoss(keras.losses.Loss):
     Call as `loss(y_true, y_pred, sample_weight=None)` with the dicts of the module docstring;
     returns a scalar. `call` returns per-image values scaled by N / max(1, P), so that the
     default reduction "sum_over_batch_size" (divide by N, and by the replica count under
-    tf.distribute) yields exactly the batch sum over P; a (N,) sample_weight scales each image's
+    tf.distribute) yields exactly the batch sum over P. Under tf.distribute P counts the global
+    batch's positives, so the loss does not depend on how the batch is split; a (N,) sample_weight scales each image's
     share (the normalizer still counts every image's positives).
 
     Args:
@@ -211,7 +216,8 @@ class SSDLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         t = ssd_loss_terms(y_true, y_pred, per_image=True, **self._term_options())
         batch = ops.cast(ops.shape(t["loc"])[0], "float32")
-        normalizer = ops.maximum(ops.sum(t["num_pos"]), 1.0)
+        # Under tf.distribute: each replica's share of the global batch's positives.
+        normalizer = global_count_share(ops.maximum(ops.sum(t["num_pos"]), 1.0))
         return (self.loc_weight * t["loc"] + self.cls_weight * t["cls"]) * (batch / normalizer)
 
     def get_config(self) -> dict:

@@ -247,15 +247,14 @@ class SegmentationTask(Task):
     def evaluate(self, model, split, out_dir=None, scales=None, flip=None):
         """mIoU, per-class IoU and pixel accuracy on `split` at the images' own resolution, with
         `eval.scales` and `eval.flip` unless given."""
-        from mobilevision.data.skips import SKIPPED
         from mobilevision.tasks.segmentation_metrics import confusion_matrix, segmentation_scores
 
         scales = list(scales or self.cfg.eval.scales)
         flip = self.cfg.eval.flip if flip is None else flip
         data = self.dataset(split)
         k = self.cfg.model.num_classes
-        ds, n = self.build_dataset(split, training=False)
-        before = len(SKIPPED)
+        ds, _ = self.build_dataset(split, training=False)
+        read = 0
         cm = np.zeros((k, k), np.int64)
         batch, first = [], True
 
@@ -270,6 +269,7 @@ class SegmentationTask(Task):
         for image, label, _, ok in ds.as_numpy_iterator():
             if not ok:
                 continue
+            read += 1
             batch.append((image, label))
             if len(batch) == self.cfg.train.batch_size:
                 flush()
@@ -280,7 +280,7 @@ class SegmentationTask(Task):
         return {"mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"],
                 "per_class_IoU": iou, "confusion_matrix": cm.tolist(), "scales": scales,
                 "flip": bool(flip), "split": split,
-                "num_examples": n - (len(SKIPPED) - before), "skipped_examples": dict(data.skipped)}
+                "num_examples": read, "skipped_examples": dict(data.skipped)}
 
     # Export --------------------------------------------------------------------------------------
     def export_outputs(self, model, images):
@@ -345,7 +345,8 @@ class SegEvalCallback(keras.callbacks.Callback):
         last = epoch + 1 == self.params.get("epochs")
         if logs is None or ((epoch + 1) % self.every and not last):
             return
-        metrics = self.task.evaluate(self.model, self.split, scales=[1.0], flip=False)
+        metrics = self.task.evaluate(self.task.local_view(self.model), self.split, scales=[1.0],
+                                     flip=False)
         logs["val_mIoU"] = float(metrics["mIoU"])
         logs["val_pixel_accuracy"] = float(metrics["pixel_accuracy"])
         print(json.dumps({"val_mIoU": round(metrics["mIoU"], 4),

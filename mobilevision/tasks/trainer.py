@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from mobilevision.version import __version__
 
 LAST = "last.weights.h5"
 BEST = "best.weights.h5"
+TMP_SUFFIX = ".tmp.weights.h5"  # a checkpoint being written; a killed run may leave one
 
 
 class TrainingError(RuntimeError):
@@ -83,16 +85,24 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         return value > self.best if self.mode == "max" else value < self.best
 
     def _write(self, target: str, epoch: int) -> None:
-        tmp = self.folder / f".{target}.{os.getpid()}.tmp.weights.h5"
-        self.model.save_weights(tmp)
-        with h5py.File(tmp, "a") as f:
-            f.attrs["epoch"] = epoch
-            f.attrs["best"] = np.nan if self.best is None else float(self.best)
-            f.attrs["monitor"] = self.monitor
-            f.attrs["mobilevision_version"] = __version__
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / target)
+        tmp = self.folder / f".{target}.{os.getpid()}{TMP_SUFFIX}"
+        try:
+            self.model.save_weights(tmp)
+            with h5py.File(tmp, "a") as f:
+                f.attrs["epoch"] = epoch
+                f.attrs["best"] = np.nan if self.best is None else float(self.best)
+                f.attrs["monitor"] = self.monitor
+                f.attrs["mobilevision_version"] = __version__
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.folder / target)
+        except OSError as e:  # full disk, quota, folder removed: keep the previous checkpoint
+            tmp.unlink(missing_ok=True)
+            old = self.folder / target
+            kept = f"{old} (epoch {checkpoint_state(old)['epoch']}) is kept" if old.exists() \
+                else "no earlier one exists"
+            raise TrainingError(f"could not write checkpoint {old} after epoch {epoch}: "
+                                f"{e.strerror or e}; {kept}") from None
         _fsync_dir(self.folder)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -220,6 +230,41 @@ def _check_writable(folder: Path) -> None:
         raise TrainingError(f"output folder {folder} is not writable: {e.strerror}") from None
 
 
+def checkpoint_bytes(model) -> int:
+    """About the size of one checkpoint: the model's variables and the optimizer's."""
+    variables = list(model.weights)
+    if model.optimizer is not None and model.optimizer.built:
+        variables += list(model.optimizer.variables)
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+
+
+def _check_free_space(folder: Path, checkpoint: int) -> None:
+    """Refuse to start when the output folder cannot hold the run: two checkpoints (last and
+    best), the one being written, and 32 MiB for logs, metrics and plots."""
+    need = 3 * checkpoint + (32 << 20)
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise TrainingError(f"output folder {folder} has {free / 2**20:.1f} MiB free; a run of "
+                            f"this model needs about {need / 2**20:.1f} MiB (checkpoints of "
+                            f"{checkpoint / 2**20:.1f} MiB); free space or pass --output")
+
+
+def _remove_stale_temporaries(run: Path) -> None:
+    """Temporary files of a killed run (a checkpoint or a file it was writing): never read."""
+    for tmp in [*(run / "checkpoints").glob(f".*{TMP_SUFFIX}"), *run.glob(".*.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-1 of the model's weights, to compare workers (and checkpoints) exactly."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
+
+
 def set_precision(cfg) -> None:
     keras.mixed_precision.set_global_policy(cfg.train.precision)
 
@@ -229,7 +274,12 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     """Train `cfg` end to end; returns the evaluation dict also written to eval.json.
 
     resume: continue from checkpoints/last (weights, optimizer state and epoch) using the run's
-    saved config; `overrides` apply on top of it (e.g. train.epochs=20 to extend a run)."""
+    saved config; `overrides` apply on top of it (e.g. train.epochs=20 to extend a run).
+
+    Under `distribute.strategy: multi_worker` every worker runs this with the same config; the
+    chief alone writes the run folder and evaluates, the others return
+    {"worker": index, "weights_sha1": ...}."""
+    from mobilevision.tasks import distribute as dist
     from mobilevision.tasks import get_task
 
     run = run_dir_for(cfg, output)
@@ -237,57 +287,102 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     last = ckpt_dir / LAST
     if resume and (run / "config.yaml").exists():
         cfg = load_config(run / "config.yaml", overrides)
-    elif last.exists() and not (resume or overwrite):
-        raise TrainingError(f"{run} already holds a training run; pass --resume to continue it, "
-                            f"--overwrite to start it again, or --output for a new folder")
-    _check_writable(run)
-    cfg["output"] = str(run)
-    save_config(cfg, run / "config.yaml")
+    try:
+        strategy = dist.make_strategy(cfg)  # first: nothing else may start TensorFlow before
+    except dist.DistributeError as e:
+        raise TrainingError(str(e)) from None
+    kind, index, chief = dist.worker_role(strategy)
+    replicas = strategy.num_replicas_in_sync
+    multi_worker = dist.is_multi_worker(strategy)
+    if cfg.train.batch_size % replicas:
+        raise TrainingError(f"train.batch_size={cfg.train.batch_size} is the global batch and "
+                            f"must be a multiple of the {replicas} replicas")
+    if chief:
+        if last.exists() and not (resume or overwrite):
+            raise TrainingError(f"{run} already holds a training run; pass --resume to continue "
+                                f"it, --overwrite to start it again, or --output for a new folder")
+        _check_writable(run)
+        _remove_stale_temporaries(run)
+        cfg["output"] = str(run)
+        save_config(cfg, run / "config.yaml")
     set_seed(cfg.seed)
     set_precision(cfg)
+    if replicas > 1:
+        where = f"{kind} {index}, " if multi_worker else ""
+        print(f"{where}distribute.strategy={cfg.distribute.strategy}: {replicas} replicas, global "
+              f"batch {cfg.train.batch_size}, {cfg.train.batch_size // replicas} per replica")
 
     task = get_task(cfg)
     task.prepare_data()
     train_ds, n_train = task.build_dataset(cfg.data.train_split, training=True)
     val_ds = task.build_dataset(cfg.data.val_split, training=False)[0] if task.fit_validation else None
     names = getattr(task, "class_names", None)
-    if names:
+    if names and chief:
         atomic_write_text(run / "labels.txt", "\n".join(names) + "\n")
     # Repeat and count steps: an epoch stays the same length when unreadable files are skipped.
     steps = cfg.train.steps_per_epoch or task.steps_per_epoch(n_train)
     train_ds = train_ds.repeat()
+    if multi_worker:
+        # Every worker reads the same seeded order and keeps its share of each global batch.
+        train_ds, val_ds = (_shard_by_data(ds) for ds in (train_ds, val_ds))
 
-    model = task.build_model()
-    task.compile(model, steps)
     initial_epoch, best = 0, None
-    if resume and last.exists():
-        state = checkpoint_state(last)
+    with strategy.scope():
+        model = task.build_model()
+        if replicas > 1 and cfg.distribute.sync_batchnorm:
+            dist.synchronize_batchnorm(model)
+        task.compile(model, steps)
+        # Built here so its slots are distributed variables too (and are sized for the check).
         model.optimizer.build(model.trainable_variables)
-        model.load_weights(last)
-        initial_epoch, best = state["epoch"], state["best"]
+        if resume and last.exists():
+            state = checkpoint_state(last)
+            model.load_weights(last)
+            initial_epoch, best = state["epoch"], state["best"]
+    if replicas > 1:
+        dist.patch_fit(model)
+    if multi_worker:
+        try:
+            dist.agree_on(strategy, initial_epoch, "the epoch to resume from")
+        except dist.DistributeError as e:
+            raise TrainingError(str(e)) from None
+    if initial_epoch:
         print(f"resuming {run} from epoch {initial_epoch} of {cfg.train.epochs}")
     elif resume:
         print(f"nothing to resume in {run} (no {last}); starting from epoch 0")
+    if chief:
+        _check_free_space(run, checkpoint_bytes(model))
 
     guard = NaNGuard()
-    callbacks = [
-        guard,
-        *task.callbacks(run),
-        AtomicCheckpoint(ckpt_dir, task.monitor, task.monitor_mode, best, guard),
-        MetricsLog(run / "metrics.csv", initial_epoch, guard),
-        SkipReport(),
-        keras.callbacks.TensorBoard(run / "logs", write_graph=False, update_freq="epoch",
-                                    profile_batch=0),
-    ]
+    callbacks = [guard]
+    if chief:  # the other workers train in step with it but write nothing
+        callbacks += [
+            *task.callbacks(run),
+            AtomicCheckpoint(ckpt_dir, task.monitor, task.monitor_mode, best, guard),
+            MetricsLog(run / "metrics.csv", initial_epoch, guard),
+            SkipReport(),
+            keras.callbacks.TensorBoard(run / "logs", write_graph=False, update_freq="epoch",
+                                        profile_batch=0),
+        ]
     verbose = cfg.train.verbose
     verbose = "auto" if verbose == "auto" else int(verbose)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     if initial_epoch < cfg.train.epochs:
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                  initial_epoch=initial_epoch, steps_per_epoch=steps,
-                  validation_freq=cfg.train.eval_every, callbacks=callbacks, verbose=verbose,
-                  shuffle=False)  # the tf.data pipeline shuffles, seeded
+        try:
+            model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
+                      initial_epoch=initial_epoch, steps_per_epoch=steps,
+                      validation_freq=cfg.train.eval_every, callbacks=callbacks, verbose=verbose,
+                      shuffle=False)  # the tf.data pipeline shuffles, seeded
+        except Exception as e:
+            if multi_worker and _is_peer_failure(e):
+                lines = [line.strip() for line in str(e).splitlines()]
+                detail = next((line for line in lines if "abort" in line.lower()),
+                              type(e).__name__)
+                raise TrainingError(
+                    f"{kind} {index}: another worker left the cluster ({detail}); the chief's "
+                    f"last complete checkpoint is kept; restart every worker with --resume"
+                    ) from None
+            raise
     if guard.bad:
         epoch, batch, loss = guard.bad
         kept = f"last good checkpoint: {last} (epoch {checkpoint_state(last)['epoch']})" \
@@ -295,9 +390,34 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         raise TrainingError(f"loss became {loss} at epoch {epoch}, batch {batch}; training "
                             f"stopped; {kept}. Lower train.optimizer.learning_rate or set "
                             f"train.optimizer.clipnorm.")
+    if multi_worker:
+        print(f"{kind} {index}: final weights sha1 {weights_fingerprint(model)}")
+    if not chief:
+        return {"worker": index, "weights_sha1": weights_fingerprint(model)}
     if (run / "metrics.csv").exists():
         plot_curves(run / "metrics.csv", run / "plots" / "curves.png")
-    return evaluate_run(cfg, run, task=task, model=model)
+    # Evaluate on one device: a distributed model's predict answers once per replica.
+    return evaluate_run(cfg, run, task=task, model=task.local_view(model))
+
+
+def _is_peer_failure(error) -> bool:
+    """Whether `error` is a collective aborted because a worker died or became unreachable."""
+    import tensorflow as tf
+
+    return isinstance(error, (tf.errors.UnavailableError, tf.errors.CancelledError,
+                              tf.errors.DeadlineExceededError, tf.errors.AbortedError))
+
+
+def _shard_by_data(ds):
+    """`ds` with tf.distribute's DATA sharding: each worker keeps its part of every batch (the
+    sources here are file lists, which FILE sharding cannot split evenly). None stays None."""
+    if ds is None:
+        return None
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def evaluate_run(cfg, run: Path, *, weights=None, task=None, model=None, split=None) -> dict:

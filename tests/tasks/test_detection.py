@@ -108,6 +108,40 @@ def test_perfect_outputs_decode_to_ap_1(shapes_det):
     assert metrics["AP"] > 0.95  # box codes survive the round trip to pixels
 
 
+def test_an_unreadable_val_image_is_left_out_of_coco_eval(shapes_det, tmp_path):
+    """A val image that cannot be decoded gets no detections; it must not count as missing all
+    of its boxes (AP stays 1 for otherwise perfect outputs) nor as an evaluated image."""
+    import shutil
+
+    from mobilevision.data.skips import SKIPPED
+
+    root = tmp_path / "data"
+    shutil.copytree(shapes_det, root)
+    task = _task(root)
+    coco = task.coco("val")
+    bad = coco.records[2]
+    data = open(bad.path, "rb").read()
+    open(bad.path, "wb").write(data[: len(data) // 3])  # a truncated JPEG: header intact
+    anchors = task.anchors()
+    perfect = []
+    for r in coco.records:
+        box_t, cls_t = (np.asarray(t) for t in encode_targets(anchors, r.boxes, r.labels))
+        logits = np.full((len(anchors), 6), -10.0, np.float32)
+        logits[np.arange(len(anchors)), np.maximum(cls_t, 0)] = 10.0
+        perfect.append((box_t, logits))
+
+    class PerfectModel:  # answers the val images in order, as the evaluation reads them
+        def predict_on_batch(self, images):
+            batch = [perfect.pop(0) for _ in range(len(images))]
+            return {"boxes": np.stack([b for b, _ in batch]),
+                    "classes": np.stack([c for _, c in batch])}
+
+    metrics = task.evaluate(PerfectModel(), "val")
+    assert metrics["AP50"] == pytest.approx(1.0)
+    assert metrics["num_examples"] == len(coco.records) - 1
+    assert "truncated" in SKIPPED.items()[str(bad.path)]
+
+
 @pytest.mark.slow
 def test_short_training_run_writes_coco_metrics(shapes_det, tmp_path):
     import csv

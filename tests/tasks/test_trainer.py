@@ -3,6 +3,7 @@ the evaluate / predict commands on a trained run."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -96,42 +97,76 @@ def test_unwritable_output_fails_before_training(shapes_folders, tiny_overrides,
         train(cfg, output=blocker / "run")
 
 
-def test_nan_loss_stops_with_a_clear_message(shapes_folders, tiny_overrides, tmp_path):
-    cfg = mv.load_config("shapes_classifier.yaml", tiny_overrides(shapes_folders, **{
-        "train.steps_per_epoch": 3, "train.optimizer.learning_rate": 1e30,
-        "train.lr_schedule.name": "constant", "train.lr_schedule.warmup_epochs": 0}))
-    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1.*no checkpoint was written"):
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+        shapes_folders, tiny_overrides, tmp_path, monkeypatch):
+    """Weights turn NaN at the start of epoch 2 (as a diverging run's do): training stops at
+    its first batch, and epoch 1's checkpoint stays, never overwritten with NaN weights."""
+    import numpy as np
+
+    from mobilevision.backbones.weights import load_weights_by_name
+    from mobilevision.tasks.classification import ClassificationTask
+
+    class Diverge(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                kernel = self.model.get_layer("predictions").kernel
+                kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    monkeypatch.setattr(ClassificationTask, "callbacks", lambda self, run: [Diverge()])
+    cfg = mv.load_config("shapes_classifier.yaml",
+                         tiny_overrides(shapes_folders, **{"train.steps_per_epoch": 3}))
+    last = tmp_path / "run" / "checkpoints" / "last.weights.h5"
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2, batch 1; training "
+                                            r"stopped; last good checkpoint: .*last.weights.h5 "
+                                            r"\(epoch 1\)"):
         train(cfg, output=tmp_path / "run")
-    assert not (tmp_path / "run" / "checkpoints" / "last.weights.h5").exists()
+    assert checkpoint_state(last)["epoch"] == 1
+    assert [int(r["epoch"]) for r in _rows(tmp_path / "run" / "metrics.csv")] == [1]
+    task = get_task(cfg)
+    model = task.build_model()
+    load_weights_by_name(model, last, allow_unused=True)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
-def test_resume_after_sigkill_finishes_the_remaining_epochs(shapes_folders, tiny_overrides, tmp_path):
+def test_sigkill_while_a_checkpoint_is_written_leaves_the_last_one_and_resume_finishes(
+        shapes_folders, tiny_overrides, tmp_path):
+    """SIGKILL in the middle of writing epoch 2's checkpoint (the hardest moment: a file is half
+    written): the last complete checkpoint stays readable and --resume finishes the run."""
     out = tmp_path / "run"
     steps = 6
     args = [sys.executable, str(SCRIPTS / "train.py"), "--config", "shapes_classifier.yaml",
             "--output", str(out),
             *tiny_overrides(shapes_folders, **{"train.epochs": 4, "train.steps_per_epoch": steps})]
-    last = out / "checkpoints" / "last.weights.h5"
+    ckpts = out / "checkpoints"
+    last = ckpts / "last.weights.h5"
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    writing = []
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if last.exists() and checkpoint_state(last)["epoch"] >= 1:
                 break
-            time.sleep(0.05)
-        time.sleep(0.3)  # well inside epoch 2
+            time.sleep(0.02)
+        # Epoch 1 is saved; kill as soon as the next checkpoint file appears, mid-write.
+        while time.time() < deadline and proc.poll() is None and not writing:
+            writing = list(ckpts.glob(".*.tmp.weights.h5"))
+            if not writing:
+                time.sleep(0.001)
         assert proc.poll() is None, "training ended before it could be killed"
         proc.kill()  # SIGKILL: no cleanup runs
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
-    killed_at = checkpoint_state(last)["epoch"]
-    assert 1 <= killed_at < 4
+    assert writing, "no checkpoint write was caught"
+    assert any(p.exists() for p in writing)  # the half-written file is still there ...
+    killed_at = checkpoint_state(last)["epoch"]  # ... and the last complete one reads
+    assert killed_at == 1
     done = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resuming {out} from epoch {killed_at} of 4" in done.stdout
     assert checkpoint_state(last)["epoch"] == 4
+    assert not list(ckpts.glob(".*.tmp*"))  # the killed run's partial file was removed
     assert [int(r["epoch"]) for r in _rows(out / "metrics.csv")] == [1, 2, 3, 4]
     # Optimizer state came back too: the step counter covers all four epochs.
     cfg = mv.load_config(out / "config.yaml")
@@ -141,3 +176,44 @@ def test_resume_after_sigkill_finishes_the_remaining_epochs(shapes_folders, tiny
     model.optimizer.build(model.trainable_variables)
     model.load_weights(last)
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4 * steps
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    """A full disk while saving: a clear error naming the checkpoint, the temporary file
+    removed, the previous checkpoint untouched."""
+    import errno
+
+    from mobilevision.tasks.trainer import AtomicCheckpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    callback = AtomicCheckpoint(tmp_path, "top1", "max")
+    callback.set_model(model)
+    callback.on_epoch_end(0, {"val_top1": 0.5})
+    before = (tmp_path / "last.weights.h5").read_bytes()
+
+    def full_disk(path, *a, **k):
+        Path(path).write_bytes(b"\0" * 100)  # part of the file made it to disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(model, "save_weights", full_disk)
+    with pytest.raises(TrainingError, match=r"could not write checkpoint .*best.weights.h5 after "
+                                            r"epoch 2: No space left on device; .* \(epoch 1\) is kept"):
+        callback.on_epoch_end(1, {"val_top1": 0.9})
+    assert (tmp_path / "last.weights.h5").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.weights.h5", "last.weights.h5"]
+
+
+def test_too_little_free_space_fails_before_training(shapes_folders, tiny_overrides, tmp_path,
+                                                      monkeypatch):
+    from collections import namedtuple
+
+    from mobilevision.tasks import trainer
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda p: usage(10 << 30, 10 << 30, 5 << 20))
+    cfg = mv.load_config("shapes_classifier.yaml", tiny_overrides(shapes_folders))
+    with pytest.raises(TrainingError, match=r"has 5.0 MiB free; a run of this model needs about "
+                                            r"\d+\.\d MiB"):
+        train(cfg, output=tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "metrics.csv").exists()

@@ -1,0 +1,164 @@
+"""tf.distribute from the config, and repeatability.
+
+Five training processes of the same small shapes config, started together: one device twice
+(the same seed must give the same losses), `mirrored` over two logical CPU devices, and
+`multi_worker` as two worker processes on 127.0.0.1. With the same global batch, two replicas
+must give the single device's first-epoch loss within REPLICA_RTOL.
+
+Why a tolerance and not equality: two replicas sum the gradient in a different order, and
+synchronized BatchNorm computes the variance as E[x^2] - E[x]^2 instead of in two passes. On
+a freshly initialized MobileNetV2 those float32 differences alone change single gradient
+entries by percents (measured: the median entry by 2-4%, on one device, just by switching the
+variance formula), so losses after a few steps differ by up to about 1%. A wrong normalization is
+far outside that: without synchronized BatchNorm the first step's loss is already 15% off.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mobilevision as mv
+from mobilevision.tasks.trainer import TrainingError, checkpoint_state, train
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+REPLICA_RTOL = 0.02
+# SGD at a small constant rate and no dropout (each replica would draw its own dropout masks).
+SETTINGS = {"train.epochs": 1, "train.batch_size": 16, "train.steps_per_epoch": 4,
+            "model.head.dropout": 0, "train.optimizer.name": "sgd",
+            "train.optimizer.learning_rate": 0.01, "train.lr_schedule.name": "constant",
+            "train.lr_schedule.warmup_epochs": 0}
+RUNS = {
+    "one": {},
+    "one_again": {},
+    "mirrored": {"distribute.strategy": "mirrored", "distribute.cpu_devices": 2},
+    "worker0": {"distribute.strategy": "multi_worker"},
+    "worker1": {"distribute.strategy": "multi_worker"},
+}
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def runs(shapes_folders, tiny_overrides, tmp_path_factory):
+    """{name: {"out": run folder, "stdout": text, "loss": first-epoch loss or None}}."""
+    root = tmp_path_factory.mktemp("distribute")
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    procs = {}
+    for name, extra in RUNS.items():
+        env = dict(os.environ)
+        env.pop("TF_CONFIG", None)
+        if name.startswith("worker"):
+            env["TF_CONFIG"] = json.dumps({"cluster": cluster,
+                                           "task": {"type": "worker", "index": int(name[-1])}})
+        args = [sys.executable, str(SCRIPTS / "train.py"), "--config", "shapes_classifier.yaml",
+                "--output", str(root / name),
+                *tiny_overrides(shapes_folders, **{**SETTINGS, **extra})]
+        procs[name] = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, env=env)
+    results = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"{name} failed:\n{err[-3000:]}"
+            metrics = root / name / "metrics.csv"
+            loss = None
+            if metrics.exists():
+                header, first = metrics.read_text().splitlines()[:2]
+                loss = float(dict(zip(header.split(","), first.split(",")))["loss"])
+            results[name] = {"out": root / name, "stdout": out, "loss": loss}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    print("first-epoch loss:", {name: r["loss"] for name, r in results.items()})  # shown with -s
+    return results
+
+
+def test_same_seed_gives_the_same_first_epoch_loss(runs):
+    assert runs["one"]["loss"] == pytest.approx(runs["one_again"]["loss"], rel=1e-6, abs=0)
+
+
+def test_every_run_folder_holds_the_resolved_config_and_version(runs):
+    for name in ("one", "mirrored", "worker0"):
+        config = runs[name]["out"] / "config.yaml"
+        header = config.read_text().splitlines()[:2]
+        assert header[0].startswith(f"# resolved by mobilevision {mv.__version__} from ")
+        assert re.fullmatch(r"# with python 3\.\d+\.\d+, tensorflow \S+, keras 3\.\S+, numpy \S+",
+                            header[1]), header[1]
+        cfg = mv.load_config(config)
+        assert cfg.distribute.strategy == {**{"distribute.strategy": "default"},
+                                           **RUNS[name]}["distribute.strategy"]
+        assert cfg.train.batch_size == 16 and cfg.seed == 0
+
+
+def test_mirrored_over_two_cpus_gives_the_single_device_loss(runs):
+    assert "distribute.strategy=mirrored: 2 replicas, global batch 16, 8 per replica" \
+        in runs["mirrored"]["stdout"]
+    assert runs["mirrored"]["loss"] == pytest.approx(runs["one"]["loss"], rel=REPLICA_RTOL)
+    assert checkpoint_state(runs["mirrored"]["out"] / "checkpoints" / "last.weights.h5")["epoch"] == 1
+
+
+def test_two_workers_end_with_the_same_weights_and_only_the_chief_writes(runs):
+    sha = {}
+    for i in (0, 1):
+        text = runs[f"worker{i}"]["stdout"]
+        assert f"worker {i}, distribute.strategy=multi_worker: 2 replicas" in text
+        sha[i] = re.search(rf"worker {i}: final weights sha1 ([0-9a-f]{{40}})", text).group(1)
+    assert sha[0] == sha[1]
+    chief, other = runs["worker0"]["out"], runs["worker1"]["out"]
+    assert not other.exists()  # each worker was given its own --output; worker 1 wrote nothing
+    for name in ("config.yaml", "labels.txt", "metrics.csv", "eval.json",
+                 "checkpoints/last.weights.h5", "checkpoints/best.weights.h5"):
+        assert (chief / name).exists(), name
+    assert any((chief / "logs").rglob("events.out.tfevents.*"))
+    assert "worker 1 finished; the chief writes the run folder" in runs["worker1"]["stdout"]
+    # The chief's checkpoint holds the weights both workers ended with.
+    from mobilevision.tasks import get_task
+    from mobilevision.tasks.trainer import weights_fingerprint
+
+    cfg = mv.load_config(chief / "config.yaml", ["distribute.strategy=default"])
+    task = get_task(cfg)
+    model = task.build_model()
+    task.compile(model, 4)
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(chief / "checkpoints" / "last.weights.h5")
+    assert weights_fingerprint(model) == sha[0]
+    assert runs["worker0"]["loss"] == pytest.approx(runs["one"]["loss"], rel=REPLICA_RTOL)
+
+
+def test_strategy_errors_are_clear(shapes_folders, tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    base = tiny_overrides(shapes_folders)
+    cfg = mv.load_config("shapes_classifier.yaml", base + ["distribute.strategy=multi_worker"])
+    with pytest.raises(TrainingError, match="needs the cluster in the TF_CONFIG environment"):
+        train(cfg, output=tmp_path / "a")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}}')
+    with pytest.raises(TrainingError, match="TF_CONFIG is not a cluster spec"):
+        train(cfg, output=tmp_path / "b")
+    # This process has started TensorFlow: its devices can no longer be split.
+    import tensorflow as tf
+
+    tf.constant(1.0) + 1.0
+    cfg = mv.load_config("shapes_classifier.yaml",
+                         base + ["distribute.strategy=mirrored", "distribute.cpu_devices=2"])
+    with pytest.raises(TrainingError, match="cpu_devices=2: TensorFlow has already started"):
+        train(cfg, output=tmp_path / "c")
+    cfg = mv.load_config("shapes_classifier.yaml", base + ["distribute.strategy=tpu"])
+    with pytest.raises(TrainingError, match="distribute.strategy=tpu: no TPU found"):
+        train(cfg, output=tmp_path / "d")
+    assert not any(tmp_path.iterdir())  # nothing was written for a run that could not start
+
