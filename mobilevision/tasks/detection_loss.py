@@ -33,7 +33,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from mobilevision.tasks.distribute import global_count_share
+from mobilevision.tasks.distribute import num_replicas, replica_sum
 
 CLASSIFICATION_LOSSES = ("softmax", "focal")
 
@@ -216,8 +216,9 @@ class SSDLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         t = ssd_loss_terms(y_true, y_pred, per_image=True, **self._term_options())
         batch = ops.cast(ops.shape(t["loc"])[0], "float32")
-        # Under tf.distribute: each replica's share of the global batch's positives.
-        normalizer = global_count_share(ops.maximum(ops.sum(t["num_pos"]), 1.0))
+        # Under tf.distribute: the global batch's positives, and this replica's share of them
+        # (Keras divides this mean-reduced loss by the replica count).
+        normalizer = ops.maximum(replica_sum(ops.sum(t["num_pos"])), 1.0) / num_replicas()
         return (self.loc_weight * t["loc"] + self.cls_weight * t["cls"]) * (batch / normalizer)
 
     def get_config(self) -> dict:

@@ -27,6 +27,14 @@ class DistributeError(RuntimeError):
     """The strategy of the config cannot be set up here; the message says why."""
 
 
+def peer_failures() -> tuple:
+    """The TensorFlow errors a collective raises when another worker died or is unreachable."""
+    import tensorflow as tf
+
+    return (tf.errors.UnavailableError, tf.errors.CancelledError,
+            tf.errors.DeadlineExceededError, tf.errors.AbortedError)
+
+
 # Loss normalizers ----------------------------------------------------------------------------
 
 def _replica_context():
@@ -42,22 +50,26 @@ def _replica_context():
     return ctx
 
 
-def global_count_share(count):
-    """A replica's share of a count summed over the global batch: sum over replicas / replicas.
+def replica_sum(x):
+    """`x` summed over the replicas of a multi-replica step (all-reduce); `x` itself with one
+    replica and on backends other than TensorFlow.
 
-    A loss that divides by a count (positive anchors, labelled pixels) must divide by the global
-    batch's count for its gradient to equal the single-device one; Keras already divides each
-    replica's loss by the replica count, so each replica divides by global count / replicas.
-    With one replica (and on backends other than TensorFlow) this is `count` itself.
-
-    count: a float32 scalar tensor."""
+    A loss that divides by a count (positive anchors, labelled pixels) must divide by the
+    global batch's count for its gradient to equal the single-device one."""
     ctx = _replica_context()
     if ctx is None:
-        return count
+        return x
     import tensorflow as tf
 
-    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
-    return total / float(ctx.num_replicas_in_sync)
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
+
+
+def num_replicas() -> int:
+    """Replicas in the current step (1 outside a multi-replica one). Keras divides each
+    replica's mean-reduced loss by this, so a replica whose loss is such a mean divides by its
+    share of a global count: replica_sum(count) / num_replicas()."""
+    ctx = _replica_context()
+    return 1 if ctx is None else int(ctx.num_replicas_in_sync)
 
 
 # Strategies ----------------------------------------------------------------------------------
@@ -162,17 +174,37 @@ def worker_role(strategy) -> tuple[str, int, bool]:
     return kind, index, kind == "chief" or (not has_chief and kind == "worker" and index == 0)
 
 
+def _sum_over_replicas(strategy, values: list[float]) -> list[float]:
+    """`values` summed over every replica of every worker (float64: exact for integers).
+    A worker that stopped instead of joining is a DistributeError, not a traceback."""
+    import tensorflow as tf
+
+    try:
+        per_replica = strategy.run(lambda: tf.constant(values, tf.float64))
+        return [float(x) for x in strategy.reduce("SUM", per_replica, axis=None)]
+    except peer_failures() as e:
+        raise DistributeError(f"another worker stopped before training ({type(e).__name__}); "
+                              f"see its error") from None
+
+
+def all_ready(strategy, ready: bool) -> bool:
+    """Whether every worker is `ready`; every worker gets the same answer, so when one (the
+    chief, finding the run folder unusable) stops, the others stop with it instead of waiting
+    in the next collective."""
+    if not is_multi_worker(strategy):
+        return ready
+    n, ok = _sum_over_replicas(strategy, [1.0, 1.0 if ready else 0.0])
+    return ok == n
+
+
 def agree_on(strategy, value: int, what: str) -> None:
     """Stop on every worker unless all workers hold the same integer `value` (e.g. the epoch
     they resume from): workers that disagree would hang in the collectives, or train apart."""
     if not is_multi_worker(strategy):
         return
-    import tensorflow as tf
-
     v = float(value)
-    per_replica = strategy.run(lambda: tf.constant([1.0, v, v * v]))
-    n, total, squares = (float(x) for x in strategy.reduce("SUM", per_replica, axis=None))
-    if abs(squares * n - total * total) > 1e-6 * max(1.0, squares * n):  # not all equal
+    n, total, squares = _sum_over_replicas(strategy, [1.0, v, v * v])
+    if n * squares != total * total:  # Cauchy-Schwarz: equal only when all values are equal
         raise DistributeError(
             f"the workers do not agree on {what} (this worker: {value}, mean over workers: "
             f"{total / n:g}); --resume needs the run folder on storage that every worker reads")

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from mobilevision.tasks.distribute import global_count_share
+from mobilevision.tasks.distribute import replica_sum
 
 IGNORE_LABEL = 255
 
@@ -74,8 +74,9 @@ class SegmentationLoss(keras.losses.Loss):
         weight = ops.cast(valid, "float32")
         if self.class_weights is not None:
             weight = weight * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), safe)
-        # Under tf.distribute: each replica's share of the global batch's weighted pixels.
-        count = global_count_share(ops.maximum(ops.sum(ops.cast(weight > 0, "float32")), 1.0))
+        # Under tf.distribute: the global batch's weighted pixels (Keras does not divide a
+        # "sum"-reduced loss by the replica count, so neither is this one).
+        count = ops.maximum(replica_sum(ops.sum(ops.cast(weight > 0, "float32"))), 1.0)
         return ops.sum(nll * weight, axis=(1, 2)) / count
 
     def get_config(self):
