@@ -96,13 +96,16 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, self.folder / target)
-        except OSError as e:  # full disk, quota, folder removed: keep the previous checkpoint
-            tmp.unlink(missing_ok=True)
+        except (OSError, RuntimeError) as e:  # full disk, quota, folder removed (h5py can
+            tmp.unlink(missing_ok=True)          # raise RuntimeError on flush): keep the old one
             old = self.folder / target
-            kept = f"{old} (epoch {checkpoint_state(old)['epoch']}) is kept" if old.exists() \
-                else "no earlier one exists"
+            try:
+                kept = f"{old} (epoch {checkpoint_state(old)['epoch']}) is kept" \
+                    if old.exists() else "no earlier one exists"
+            except TrainingError:
+                kept = "the earlier one is unreadable too"
             raise TrainingError(f"could not write checkpoint {old} after epoch {epoch}: "
-                                f"{e.strerror or e}; {kept}") from None
+                                f"{getattr(e, 'strerror', None) or e}; {kept}") from None
         _fsync_dir(self.folder)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -117,8 +120,14 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self._write(LAST, epoch + 1)
 
 
+class NonFiniteLoss(Exception):
+    """Raised by NaNGuard to leave `fit` at once: no validation, evaluation or checkpoint runs
+    on the weights that produced it (`stop_training` would still run the epoch's end)."""
+
+
 class NaNGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss, before anything is checkpointed."""
+    """Stops training at the first non-finite loss, before anything is checkpointed. Under
+    tf.distribute the logged loss is the global one, so every worker stops at the same step."""
 
     def __init__(self):
         super().__init__()
@@ -128,7 +137,7 @@ class NaNGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(float(loss)):
             self.bad = (self._epoch + 1, batch + 1, float(loss))
-            self.model.stop_training = True
+            raise NonFiniteLoss(self.bad)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -240,8 +249,11 @@ def checkpoint_bytes(model) -> int:
 
 def _check_free_space(folder: Path, checkpoint: int) -> None:
     """Refuse to start when the output folder cannot hold the run: two checkpoints (last and
-    best), the one being written, and 32 MiB for logs, metrics and plots."""
-    need = 3 * checkpoint + (32 << 20)
+    best), the one being written, and 32 MiB for logs, metrics and plots; checkpoints already
+    there (a resumed run) are replaced in place and count as room."""
+    there = sum((folder / "checkpoints" / n).stat().st_size for n in (LAST, BEST)
+                if (folder / "checkpoints" / n).exists())
+    need = max(0, 3 * checkpoint + (32 << 20) - there)
     free = shutil.disk_usage(folder).free
     if free < need:
         raise TrainingError(f"output folder {folder} has {free / 2**20:.1f} MiB free; a run of "
@@ -297,14 +309,20 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     if cfg.train.batch_size % replicas:
         raise TrainingError(f"train.batch_size={cfg.train.batch_size} is the global batch and "
                             f"must be a multiple of the {replicas} replicas")
+    problem = None
     if chief:
-        if last.exists() and not (resume or overwrite):
-            raise TrainingError(f"{run} already holds a training run; pass --resume to continue "
-                                f"it, --overwrite to start it again, or --output for a new folder")
-        _check_writable(run)
-        _remove_stale_temporaries(run)
-        cfg["output"] = str(run)
-        save_config(cfg, run / "config.yaml")
+        try:
+            if last.exists() and not (resume or overwrite):
+                raise TrainingError(f"{run} already holds a training run; pass --resume to "
+                                    f"continue it, --overwrite to start it again, or --output "
+                                    f"for a new folder")
+            _check_writable(run)
+            _remove_stale_temporaries(run)
+            cfg["output"] = str(run)
+            save_config(cfg, run / "config.yaml")
+        except TrainingError as e:
+            problem = e
+    _stop_together(dist, strategy, problem, kind, index)
     set_seed(cfg.seed)
     set_precision(cfg)
     if replicas > 1:
@@ -337,7 +355,7 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         if resume and last.exists():
             state = checkpoint_state(last)
             model.load_weights(last)
-            initial_epoch, best = state["epoch"], state["best"]
+            initial_epoch, best = state["epoch"], _best_so_far(ckpt_dir, task.monitor_mode)
     if replicas > 1:
         dist.patch_fit(model)
     if multi_worker:
@@ -349,8 +367,13 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         print(f"resuming {run} from epoch {initial_epoch} of {cfg.train.epochs}")
     elif resume:
         print(f"nothing to resume in {run} (no {last}); starting from epoch 0")
+    problem = None
     if chief:
-        _check_free_space(run, checkpoint_bytes(model))
+        try:
+            _check_free_space(run, checkpoint_bytes(model))
+        except TrainingError as e:
+            problem = e
+    _stop_together(dist, strategy, problem, kind, index)
 
     guard = NaNGuard()
     callbacks = [guard]
@@ -373,8 +396,10 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
                       initial_epoch=initial_epoch, steps_per_epoch=steps,
                       validation_freq=cfg.train.eval_every, callbacks=callbacks, verbose=verbose,
                       shuffle=False)  # the tf.data pipeline shuffles, seeded
+        except NonFiniteLoss:
+            pass  # guard.bad says where; reported below
         except Exception as e:
-            if multi_worker and _is_peer_failure(e):
+            if multi_worker and isinstance(e, dist.peer_failures()):
                 lines = [line.strip() for line in str(e).splitlines()]
                 detail = next((line for line in lines if "abort" in line.lower()),
                               type(e).__name__)
@@ -382,11 +407,19 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
                     f"{kind} {index}: another worker left the cluster ({detail}); the chief's "
                     f"last complete checkpoint is kept; restart every worker with --resume"
                     ) from None
+            if isinstance(e, OSError):  # a log, metrics.csv or a plot on a full disk
+                raise TrainingError(f"could not write {e.filename or run}: {e.strerror or e}; "
+                                    f"checkpoints written so far are kept; --resume continues"
+                                    ) from None
             raise
     if guard.bad:
         epoch, batch, loss = guard.bad
-        kept = f"last good checkpoint: {last} (epoch {checkpoint_state(last)['epoch']})" \
-            if last.exists() else "no checkpoint was written before it"
+        if not chief:
+            kept = "the chief keeps the last good checkpoint"
+        elif last.exists():
+            kept = f"last good checkpoint: {last} (epoch {checkpoint_state(last)['epoch']})"
+        else:
+            kept = "no checkpoint was written before it"
         raise TrainingError(f"loss became {loss} at epoch {epoch}, batch {batch}; training "
                             f"stopped; {kept}. Lower train.optimizer.learning_rate or set "
                             f"train.optimizer.clipnorm.")
@@ -400,12 +433,35 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     return evaluate_run(cfg, run, task=task, model=task.local_view(model))
 
 
-def _is_peer_failure(error) -> bool:
-    """Whether `error` is a collective aborted because a worker died or became unreachable."""
-    import tensorflow as tf
+def _stop_together(dist, strategy, problem, kind, index) -> None:
+    """Raise `problem` (the chief's, found before training); in a multi-worker run every worker
+    learns first whether the chief has one, so all stop together instead of the others waiting
+    in a collective for a chief that has gone."""
+    try:
+        ready = dist.all_ready(strategy, problem is None)
+    except dist.DistributeError as e:
+        raise TrainingError(f"{kind} {index}: {e}") from None
+    if problem is not None:
+        raise problem
+    if not ready:
+        raise TrainingError(f"{kind} {index}: the chief stopped before training; see its error")
 
-    return isinstance(error, (tf.errors.UnavailableError, tf.errors.CancelledError,
-                              tf.errors.DeadlineExceededError, tf.errors.AbortedError))
+
+def _best_so_far(folder: Path, mode: str):
+    """The best monitored value the checkpoints record: `last` stamps it, and so does `best`,
+    which is renamed first and can be one epoch ahead when a run was killed between the two."""
+    values = []
+    for name in (LAST, BEST):
+        if (folder / name).exists():
+            try:
+                value = checkpoint_state(folder / name)["best"]
+            except TrainingError:
+                continue
+            if value is not None:
+                values.append(value)
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)
 
 
 def _shard_by_data(ds):

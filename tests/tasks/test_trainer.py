@@ -22,11 +22,20 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 @pytest.fixture(scope="module")
 def trained_run(shapes_folders, tiny_overrides, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained") / "run"
+    """A 2-epoch run on the shapes folders plus two unreadable files users send: a truncated
+    JPEG in train and an empty PNG in val (both must be skipped, counted and reported)."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("trained")
+    data = base / "data"
+    shutil.copytree(shapes_folders, data)
+    good = sorted((data / "train").rglob("*.jpg"))[0].read_bytes()
+    (data / "train" / "star" / "cut.jpg").write_bytes(good[: len(good) // 3])
+    (data / "val" / "circle" / "empty.png").write_bytes(b"")
     cfg = mv.load_config("shapes_classifier.yaml",
-                         tiny_overrides(shapes_folders, **{"train.steps_per_epoch": 3}))
-    results = train(cfg, output=out)
-    return cfg, out, results
+                         tiny_overrides(data, **{"train.steps_per_epoch": 3}))
+    results = train(cfg, output=base / "run")
+    return cfg, base / "run", results
 
 
 def _rows(path):
@@ -49,7 +58,11 @@ def test_run_directory_holds_config_checkpoints_metrics_logs_and_plot(trained_ru
     assert any((out / "logs").rglob("events.out.tfevents.*"))
     assert (out / "plots" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = json.loads((out / "eval.json").read_text())
-    assert written["top1"] == pytest.approx(results["top1"]) and written["num_examples"] == 15
+    assert written["top1"] == pytest.approx(results["top1"])
+    assert written["num_examples"] == 15  # 16 listed, the empty PNG counts in no metric
+    skipped = written["skipped_files"]  # reported at the end of the run, with the reasons
+    assert any(p.endswith("train/star/cut.jpg") and "truncated" in r for p, r in skipped.items())
+    assert any(p.endswith("val/circle/empty.png") and "empty" in r for p, r in skipped.items())
     assert written["top1"] == pytest.approx(best["best"], abs=1e-6)  # eval.json is the best epoch
     assert not list((out / "checkpoints").glob(".*tmp*"))  # no temporary files left behind
 
