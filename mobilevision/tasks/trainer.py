@@ -71,10 +71,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     Each file is written under a temporary name, stamped with the epoch, fsynced and renamed over
     the old one, so a kill at any moment leaves the previous complete checkpoint readable."""
 
-    def __init__(self, folder: Path, monitor: str, mode: str, best=None, guard=None):
+    def __init__(self, folder: Path, monitor: str, mode: str, best=None):
         super().__init__()
         self.folder, self.monitor, self.mode, self.best = Path(folder), monitor, mode, best
-        self.guard = guard
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def _better(self, value) -> bool:
@@ -109,8 +108,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         _fsync_dir(self.folder)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.guard is not None and self.guard.bad:
-            return  # never save weights that produced NaN
+        # (An epoch with a non-finite loss never ends: NaNGuard leaves fit at once.)
         logs = logs or {}
         value = logs.get(f"val_{self.monitor}")
         improved = self._better(None if value is None else float(value))
@@ -147,9 +145,9 @@ class MetricsLog(keras.callbacks.Callback):
     """metrics.csv with one row per completed epoch, rewritten atomically. On resume, rows of
     epochs the checkpoint does not cover are dropped so the file matches the weights."""
 
-    def __init__(self, path: Path, initial_epoch: int, guard=None):
+    def __init__(self, path: Path, initial_epoch: int):
         super().__init__()
-        self.path, self.guard, self.rows = Path(path), guard, []
+        self.path, self.rows = Path(path), []
         if initial_epoch and self.path.exists():
             with open(self.path, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= initial_epoch]
@@ -159,8 +157,6 @@ class MetricsLog(keras.callbacks.Callback):
         self._t0 = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.guard is not None and self.guard.bad:
-            return
         row = {"epoch": epoch + 1}
         try:
             row["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -380,8 +376,8 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     if chief:  # the other workers train in step with it but write nothing
         callbacks += [
             *task.callbacks(run),
-            AtomicCheckpoint(ckpt_dir, task.monitor, task.monitor_mode, best, guard),
-            MetricsLog(run / "metrics.csv", initial_epoch, guard),
+            AtomicCheckpoint(ckpt_dir, task.monitor, task.monitor_mode, best),
+            MetricsLog(run / "metrics.csv", initial_epoch),
             SkipReport(),
             keras.callbacks.TensorBoard(run / "logs", write_graph=False, update_freq="epoch",
                                         profile_batch=0),
