@@ -272,13 +272,10 @@ class DetectionTask(Task):
                 "detection_classes": np.asarray(outputs["classes"]).astype(np.int32) + 1,
                 "num_detections": np.asarray(outputs["count"]).astype(np.int32).reshape(-1)}
 
-    def detect(self, model, split: str) -> list[dict]:
-        """Run on a split; COCO-results dicts in the dataset's category ids and original pixels."""
-        return self._detect(model, split)[0]
-
-    def _detect(self, model, split: str) -> tuple[list[dict], list[int]]:
-        """-> (COCO-results dicts, the image ids that were read): an unreadable image has no
-        detections and is left out of the evaluation, not counted as missing every box."""
+    def detect(self, model, split: str) -> tuple[list[dict], list[int]]:
+        """Run on a split -> (COCO-results dicts in the dataset's category ids and original
+        pixels, the image ids that were read): an unreadable image has no detections and is
+        left out of the evaluation, not counted as missing every box."""
         from mobilevision.tasks.coco_eval import detections_to_coco
 
         coco = self.coco(split)
@@ -305,7 +302,7 @@ class DetectionTask(Task):
         coco = self.coco(split)
         if split not in self._evaluators:
             self._evaluators[split] = CocoEvaluator(coco.annotation_file)
-        detections, image_ids = self._detect(model, split)
+        detections, image_ids = self.detect(model, split)
         if out_dir is not None:
             atomic_write_json(Path(out_dir) / f"detections_{split}.json", detections)
         metrics = self._evaluators[split].evaluate(detections, image_ids=image_ids)

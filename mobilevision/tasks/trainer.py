@@ -420,9 +420,10 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
                             f"stopped; {kept}. Lower train.optimizer.learning_rate or set "
                             f"train.optimizer.clipnorm.")
     if multi_worker:
-        print(f"{kind} {index}: final weights sha1 {weights_fingerprint(model)}")
-    if not chief:
-        return {"worker": index, "weights_sha1": weights_fingerprint(model)}
+        sha1 = weights_fingerprint(model)
+        print(f"{kind} {index}: final weights sha1 {sha1}")
+        if not chief:
+            return {"worker": index, "weights_sha1": sha1}
     if (run / "metrics.csv").exists():
         plot_curves(run / "metrics.csv", run / "plots" / "curves.png")
     # Evaluate on one device: a distributed model's predict answers once per replica.
