@@ -395,7 +395,7 @@ INVALID_COCO_CASES = [
     ("size_differs_from_the_file", [], _images({"id": 2, "file_name": "a.jpg", "width": 120,
                                                 "height": 50}),
      r"instances\.json: image 2: file .*a\.jpg is 100x50 \(w x h\) but the JSON gives 120x50, "
-     r"the size its boxes are relative to$", "image 2", [1]),
+     r"the size its annotations are relative to$", "image 2", [1]),
 ]
 
 
@@ -424,7 +424,7 @@ def test_exif_rotated_photo_annotated_as_stored_is_caught(tmp_path):
     path = _coco(tmp_path, [_ann([10, 10, 20, 20])], images)
     with pytest.raises(DatasetError, match=r"image 1: file .*phone\.jpg is 50x100 \(w x h\) but "
                                            r"the JSON gives 100x50.*EXIF rotation, give its size "
-                                           r"and boxes as displayed"):
+                                           r"and annotations as displayed"):
         read_coco(path, tmp_path / "img")
     assert read_coco(path, tmp_path / "img", skip_invalid=True).records == []
     images[0].update(width=50, height=100)  # annotated as displayed: fine
@@ -634,7 +634,7 @@ def _read_coco_seg(tmp_path, **kw):
 # (id, annotations, image size in the JSON, size of the file, error regex)
 COCO_SEG_ERRORS = [
     ("unknown_category_id", [_seg_ann([[0, 0, 4, 0, 4, 4]], category_id=4)], None,
-     r"instances\.json: annotation 9: unknown category id 4"),
+     r"instances\.json: annotation 9: category_id 4 is not among the categories \[3, 7\]$"),
     ("unknown_image_id", [_seg_ann([[0, 0, 4, 0, 4, 4]], image_id=6)], None,
      r"instances\.json: annotation 9: image_id 6 is not in 'images'"),
     ("rle_of_another_size", [_seg_ann({"size": [10, 10], "counts": [100]})], None,
@@ -646,7 +646,8 @@ COCO_SEG_ERRORS = [
     ("polygon_of_strings", [_seg_ann([["a", "b", "c", "d", "e", "f"]])], None,
      r"annotation 9: segmentation: expected polygons, lists of numbers"),
     ("image_size_differs_from_the_json", [], (21, 30),
-     r"one\.jpg: image is 30x21 \(w x h\) but .*instances\.json gives it 30x20"),
+     r"instances\.json: image 5: file .*one\.jpg is 30x21 \(w x h\) but the JSON gives 30x20, "
+     r"the size its annotations are relative to$"),
 ]
 
 
@@ -665,6 +666,32 @@ def test_bad_coco_segmentation_is_an_error_naming_it_or_skipped(tmp_path, case):
     else:
         with pytest.raises(DatasetError, match="no usable examples"):
             _read_coco_seg(tmp_path, skip_invalid=True)
+
+
+SHARED_COCO_ERRORS = [  # (id, annotation changes, size of the file, entry named)
+    ("unknown_category_id", {"category_id": 4}, None, "annotation 9"),
+    ("unknown_image_id", {"image_id": 6}, None, "annotation 9"),
+    ("image_size_differs_from_the_json", {}, (21, 30), "image 5"),
+]
+
+
+@pytest.mark.parametrize("case", SHARED_COCO_ERRORS, ids=[c[0] for c in SHARED_COCO_ERRORS])
+def test_coco_errors_read_the_same_for_detection_and_segmentation(tmp_path, case):
+    """One parser (CocoInstances) checks the file for both readers (and COCOeval): one bad entry
+    gets one message, and with skip_invalid the same skip."""
+    _, changes, file_size, entry = case
+    _coco_seg(tmp_path, [_seg_ann([[0, 0, 4, 0, 4, 4]], bbox=[0, 0, 4, 4], **changes)],
+              file_size=file_size)
+    messages, skips = [], []
+    for read in (lambda **kw: read_coco(tmp_path / "instances.json", tmp_path / "images", **kw),
+                 lambda **kw: _read_coco_seg(tmp_path, **kw)):
+        with pytest.raises(DatasetError) as error:
+            read()
+        messages.append(str(error.value))
+        if file_size is None:
+            skips.append(read(skip_invalid=True).skipped)
+    assert messages[0] == messages[1] and f"instances.json: {entry}: " in messages[0]
+    assert all(s == {entry: messages[0].split(f"{entry}: ", 1)[1]} for s in skips)
 
 
 def test_coco_image_without_annotations_is_all_background(tmp_path):

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mobilevision.data.coco import load_instances_json
+from mobilevision.data.coco import CocoInstances
 from mobilevision.data.decode import ImageDecodeError, image_size, is_image_file, read_image
 from mobilevision.data.image_folder import DatasetError
 from mobilevision.data.skips import SKIPPED
@@ -208,114 +208,32 @@ def list_mask_folder(image_dir, mask_dir, *, skip_invalid: bool = False,
 
 
 def read_coco_segmentation(annotation_file, image_dir, *, skip_invalid: bool = False,
-                           skipped: dict | None = None) -> tuple[list[SegRecord], list[str]]:
+                           skipped: dict | None = None,
+                           check_files: bool = True) -> tuple[list[SegRecord], list[str]]:
     """Records of a COCO instances file whose objects are painted into semantic label maps.
 
     Categories sorted by id become the contiguous labels 1..K (0 background); the class names
     are ["background", *category names]. Every image is kept, also one without annotations.
-    An image entry without its size, a missing image file, an annotation with an unknown
-    category or image id, or a segmentation that cannot be painted on its image (not polygons
-    of numbers, or an RLE of another size or whose counts do not cover it) is a DatasetError
-    naming it, or with skip_invalid skipped and recorded in `skipped`: found here, before
-    training, rather than inside the tf.data pipeline.
+    An image entry without its size, a missing image file or one of another size than the JSON
+    gives, an annotation with an unknown category or image id, or a segmentation that cannot be
+    painted on its image (not polygons of numbers, or an RLE of another size or whose counts do
+    not cover it) is a DatasetError naming it, or with skip_invalid skipped and recorded in
+    `skipped`: found here, before training, rather than inside the tf.data pipeline. The file
+    is parsed and checked by `CocoInstances`, as for detection; check_files: see `read_coco`.
     Returns (records in image-id order, class names)."""
-    annotation_file, image_dir = Path(annotation_file), Path(image_dir)
-    skipped = {} if skipped is None else skipped
-    data = load_instances_json(annotation_file)
-    categories = sorted(data["categories"], key=lambda c: c["id"])
-    label_of = {c["id"]: i + 1 for i, c in enumerate(categories)}
-    names = ["background", *(str(c.get("name", c["id"])) for c in categories)]
-    records, listed = {}, set()
-    for info in data["images"]:
-        try:
-            image_id, file_name = info["id"], str(info["file_name"])
-            height, width = int(info["height"]), int(info["width"])
-            if height < 1 or width < 1:
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            _missing("needs id, file_name, and a positive width and height",
-                     f"{annotation_file}: image entry {info!r:.80}", skip_invalid, skipped)
-            continue
-        listed.add(image_id)
-        path = image_dir / file_name
-        if not path.is_file():
-            _missing("image file not found", path, skip_invalid, skipped,
-                     f" (image id {image_id} in {annotation_file})")
-            continue
-        records[image_id] = SegRecord(str(image_id), str(path), None, height, width,
-                                      source=str(annotation_file))
-    for ann in data["annotations"]:
-        where = f"{annotation_file}: annotation {ann.get('id')}"
-        if ann.get("category_id") not in label_of:
-            _missing(f"unknown category id {ann.get('category_id')}", where, skip_invalid, skipped)
-            continue
-        if ann.get("image_id") not in listed:
-            _missing(f"image_id {ann.get('image_id')} is not in 'images'", where, skip_invalid,
-                     skipped)
-            continue
-        record = records.get(ann["image_id"])
-        if record is None:
-            continue  # its image was skipped above: nothing to paint on
-        segm = ann.get("segmentation")
-        if not segm:
-            continue  # a box-only annotation has no pixels to label
-        problem = _segmentation_problem(segm, record.height, record.width)
-        if problem:
-            _missing(problem, where, skip_invalid, skipped)
-            continue
-        record.objects.append((label_of[ann["category_id"]], segm, bool(ann.get("iscrowd", 0)),
-                               float(ann.get("area", 0.0))))
-    return [records[i] for i in sorted(records)], names
-
-
-def _finite_numbers(values: list) -> bool:
-    """Whether `values` are all finite ints or floats, as JSON gives them (bools and strings
-    are not numbers here). Plain Python: COCO train holds 860k polygons. `v - v == 0` is
-    False for inf and NaN."""
-    return all((type(v) is float or type(v) is int) and v - v == 0 for v in values)
-
-
-def _segmentation_problem(segm, h: int, w: int) -> str | None:
-    """Why a COCO `segmentation` cannot be painted on an (h, w) image, or None. Cheap (nothing
-    is decoded), and enough that painting it later cannot fail: pycocotools neither checks an
-    RLE's size nor that its counts cover the image (short counts paint uninitialized memory)."""
-    if isinstance(segm, list):
-        numbers = all(isinstance(p, list) and _finite_numbers(p) for p in segm)
-        return None if numbers else ("segmentation: expected polygons, lists of numbers "
-                                     "[x1, y1, x2, y2, ...]")
-    if isinstance(segm, dict):
-        size, counts = segm.get("size"), segm.get("counts")
-        if size != [h, w]:
-            return (f"segmentation: RLE of size {size!r} (h, w) on an image of {[h, w]} "
-                    f"(its size in 'images')")
-        try:
-            if isinstance(counts, str):
-                counts = _rle_string_counts(counts.encode("ascii"))
-            ok = (isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
-                  and sum(counts) == h * w)
-        except (UnicodeEncodeError, IndexError):
-            ok = False
-        return None if ok else (f"segmentation: RLE counts must be run lengths adding up to "
-                                f"{h} x {w} = {h * w} pixels")
-    return (f"segmentation of type {type(segm).__name__}: expected polygons or RLE "
-            f"{{'size': [h, w], 'counts': ...}}")
-
-
-def _rle_string_counts(s: bytes) -> list[int]:
-    """The run lengths of a compressed COCO RLE string (pycocotools' rleFrString: 5 bits a
-    character, a continuation bit, and from the third run on a delta to the run two before)."""
-    counts, p = [], 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = s[p] - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p, k = p + 1, k + 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)  # sign extension
-        counts.append(x + counts[-2] if len(counts) > 2 else x)
-    return counts
+    coco = CocoInstances.read(annotation_file, fields=("segmentation",), skip_invalid=skip_invalid)
+    records = []
+    for image_id, path in coco.image_files(image_dir, check_files).items():
+        entry = coco.images[image_id]
+        # A box-only annotation has no pixels to label.
+        objects = [(coco.label_of[a["category_id"]], a["segmentation"], bool(a.get("iscrowd", 0)),
+                    float(a.get("area", 0.0))) for a in coco.annotations[image_id]
+                   if a.get("segmentation")]
+        records.append(SegRecord(str(image_id), path, None, entry.height, entry.width, objects,
+                                 coco.source))
+    if skipped is not None:
+        skipped.update(coco.skipped)
+    return records, ["background", *coco.category_names]
 
 
 def _decode_segmentation(segm, h: int, w: int, where: str) -> np.ndarray:
@@ -391,8 +309,9 @@ def _size_message(record, image_hw, label_hw) -> str:
 
 def check_records(records: list[SegRecord], num_classes: int, *, skip_invalid: bool = False,
                   skipped: dict | None = None) -> list[SegRecord]:
-    """Validate every record before training: read each image's size from its header (and fill
-    in `height`, `width`), decode each label PNG and check its size and values.
+    """Validate every label-map record (voc, folder) before training: read each image's size from
+    its header (and fill in `height`, `width`), decode its label PNG and check its size and
+    values. (COCO records are checked as they are read, by `CocoInstances.image_files`.)
 
     Returns the records to use. A file that cannot be decoded is dropped and recorded in
     SKIPPED; a size mismatch or bad label value is a DatasetError naming the file (the first in
@@ -402,11 +321,7 @@ def check_records(records: list[SegRecord], num_classes: int, *, skip_invalid: b
     def check(record):
         try:
             hw = image_size(record.path)
-            if record.mask_path is not None:
-                label_hw = read_label_png(record.mask_path, num_classes).shape
-            else:
-                label_hw = (record.height, record.width)
-                # The objects are decoded at the JSON's size; the image must have that size too.
+            label_hw = read_label_png(record.mask_path, num_classes).shape
             if tuple(label_hw) != tuple(hw):
                 raise DatasetError(_size_message(record, hw, label_hw))
             return record, hw, None
@@ -445,7 +360,8 @@ def read_segmentation(fmt: str, root, split: str, *, class_names=None, voc=None,
       voc: {"images", "masks", "list"} folders / list template under root (VOC defaults).
       folder: {"images", "masks"} folder templates under root ("{split}/images", ...).
       coco: {"images", "annotations"} templates under root.
-      check: run `check_records` (sizes, label values) on every record.
+      check: check every image's size against its label map or the COCO JSON, and label values
+        (`check_records`, `CocoInstances.image_files`); False trusts the files.
     """
     root = Path(root)
     skipped: dict = {}
@@ -469,14 +385,15 @@ def read_segmentation(fmt: str, root, split: str, *, class_names=None, voc=None,
         c = {"images": "{split}", "annotations": "annotations/instances_{split}.json", **(coco or {})}
         ann = root / c["annotations"].format(split=split)
         records, names = read_coco_segmentation(ann, root / c["images"].format(split=split),
-                                                skip_invalid=skip_invalid, skipped=skipped)
+                                                skip_invalid=skip_invalid, skipped=skipped,
+                                                check_files=check)
         source = str(ann)
     else:
         raise ValueError(f"unknown segmentation data format {fmt!r}; expected voc, coco or folder")
     if len(names) > IGNORE_LABEL:
         raise DatasetError(f"{source}: {len(names)} classes; label maps hold at most 255 "
                            f"(255 is the ignore label)")
-    if check:
+    if check and fmt != "coco":  # COCO images were checked as they were read
         records = check_records(records, len(names), skip_invalid=skip_invalid, skipped=skipped)
     if not records:
         raise DatasetError(f"{source}: no usable examples in split '{split}'")

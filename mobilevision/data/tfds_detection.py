@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobilevision.data.coco import CocoDataset, ImageRecord
+from mobilevision.data.coco import CocoDataset, CocoInstances, ImageRecord
 from mobilevision.data.tfds_reader import load_tfds
 
 
 def tfds_detection(name: str, split: str, data_dir, image_key="image", objects_key="objects"):
     """Returns (tf.data.Dataset of feature dicts, CocoDataset of the split's records whose
-    `annotation_file` is the rebuilt COCO ground truth as a dict)."""
+    `instances` hold the rebuilt COCO ground truth, checked as a COCO file is)."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -34,9 +34,9 @@ def tfds_detection(name: str, split: str, data_dir, image_key="image", objects_k
         boxes = np.asarray(objects["bbox"], np.float32).reshape(-1, 4)
         labels = np.asarray(objects["label"], np.int32) + 1
         crowd = np.asarray(objects.get("is_crowd", np.zeros(len(labels), bool)), bool)
-        records.append(ImageRecord(image_id, f"{name}:{split}:{index}", width, height, boxes,
-                                   labels, crowd))
-        images.append({"id": image_id, "width": width, "height": height})
+        path = f"{name}:{split}:{index}"
+        records.append(ImageRecord(image_id, path, width, height, boxes, labels, crowd))
+        images.append({"id": image_id, "file_name": path, "width": width, "height": height})
         for k, (y0, x0, y1, x1) in enumerate(boxes):
             w, h = float((x1 - x0) * width), float((y1 - y0) * height)
             area = float(objects["area"][k]) if "area" in objects else w * h
@@ -45,4 +45,4 @@ def tfds_detection(name: str, split: str, data_dir, image_key="image", objects_k
                                 "bbox": [float(x0 * width), float(y0 * height), w, h], "area": area})
     gt = {"images": images, "annotations": annotations,
           "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
-    return ds, CocoDataset(records, list(range(1, len(names) + 1)), names, gt)
+    return ds, CocoDataset(records, CocoInstances(gt, f"TFDS {name} split {split}"))

@@ -1,7 +1,8 @@
 """COCO box evaluation: pycocotools `COCOeval` (bbox) behind a small, quiet interface.
 
-    evaluator = CocoEvaluator("data/coco/annotations/instances_val2017.json")   # GT loaded once
-    metrics = evaluator.evaluate(detections)           # every epoch; or coco_detection_metrics(...)
+    val = read_coco("data/coco/annotations/instances_val2017.json", "data/coco/val2017")
+    evaluator = CocoEvaluator(val.instances)    # the reader's parsed file; GT indexed once
+    metrics = evaluator.evaluate(detections)    # every epoch
     metrics["AP"], metrics["AP50"], metrics["per_class_AP"]["person"], metrics["summary_text"]
 
 Detections are in the COCO results format: {"image_id", "category_id" (the dataset's own ids),
@@ -19,11 +20,8 @@ columns keep their meaning).
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
-import json
 import math
-import os
 
 import numpy as np
 
@@ -40,50 +38,39 @@ def _quiet(fn, *args, **kwargs):
     return result, buffer.getvalue()
 
 
-def _load_ground_truth(annotation_file):
-    """A pycocotools COCO from a path or an already parsed instances dict.
-
-    Annotations lacking the fields COCOeval reads are completed on a copy: `area` from the box
-    (w * h), `iscrowd` 0, `id` unique.
-    """
+def _ground_truth(instances):
+    """pycocotools' COCO of a CocoInstances' valid entries, indexed quietly, without reading the
+    file again. COCOeval reads `area` and `iscrowd` (completed here: w * h, 0) and needs positive,
+    unique annotation ids (it counts a match with id 0 as none, and createIndex keeps one
+    annotation of a repeated id), so the annotations are shallow copies numbered 1..N."""
     from pycocotools.coco import COCO
 
-    if isinstance(annotation_file, dict):
-        dataset = copy.deepcopy(annotation_file)
-        source = "<dict>"
-    else:
-        source = os.fspath(annotation_file)
-        try:
-            with open(source, encoding="utf-8") as f:
-                dataset = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{source}: annotation file not found") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(dataset.get(key), list):
-            raise ValueError(f"{source}: expected a COCO instances file with a list under '{key}'")
-    next_id = 1 + max((a["id"] for a in dataset["annotations"] if "id" in a), default=0)
-    for ann in dataset["annotations"]:
-        if "id" not in ann:
-            ann["id"], next_id = next_id, next_id + 1
-        ann.setdefault("iscrowd", 0)
-        if "area" not in ann:
-            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+    if "bbox" not in instances.fields:
+        raise ValueError(f"{instances.source}: read without checking its boxes "
+                         f"(fields={instances.fields}); box evaluation needs fields=('bbox',)")
+    anns = (a for per_image in instances.annotations.values() for a in per_image)
     coco = COCO()
-    coco.dataset = dataset
+    coco.dataset = {
+        "images": [{"id": i, **e._asdict()} for i, e in instances.images.items()],
+        "annotations": [{**a, "id": n, "iscrowd": a.get("iscrowd", 0),
+                         "area": a.get("area", float(a["bbox"][2]) * float(a["bbox"][3]))}
+                        for n, a in enumerate(anns, start=1)],
+        "categories": list(instances.categories)}
     _quiet(coco.createIndex)
-    return coco, source
+    return coco
 
 
 class CocoEvaluator:
-    """Ground truth loaded once; `evaluate` many times (e.g. every N epochs)."""
+    """Ground truth indexed once; `evaluate` many times (e.g. every N epochs)."""
 
-    def __init__(self, annotation_file):
-        """annotation_file: path to a COCO instances JSON, or the parsed dict."""
-        self.coco_gt, self.annotation_file = _load_ground_truth(annotation_file)
-        self.category_ids = sorted(self.coco_gt.getCatIds())
-        self.image_ids = sorted(self.coco_gt.getImgIds())
-        self.category_names = {cid: str(self.coco_gt.cats[cid].get("name", cid))
-                               for cid in self.category_ids}
+    def __init__(self, instances):
+        """instances: the split's CocoInstances (`read_coco(...).instances`, or
+        `CocoInstances.read(path)`), whose boxes were checked as they were read."""
+        self.coco_gt = _ground_truth(instances)
+        self.source = instances.source
+        self.category_ids = list(instances.category_ids)
+        self.image_ids = list(instances.images)
+        self.category_names = dict(zip(instances.category_ids, instances.category_names))
 
     def _check_detections(self, detections, image_ids) -> list[dict]:
         """Validated plain-Python copies (loadRes mutates its input) of the detections on
@@ -103,8 +90,7 @@ class CocoEvaluator:
                 raise ValueError(f"detection {i}: bbox must be 4 finite numbers and score finite, "
                                  f"got bbox={d['bbox']!r}, score={d['score']!r}")
             if image_id not in known_images:
-                raise ValueError(f"detection {i}: image_id {image_id} is not in "
-                                 f"{self.annotation_file}")
+                raise ValueError(f"detection {i}: image_id {image_id} is not in {self.source}")
             if category_id not in known_cats:
                 raise ValueError(f"detection {i}: category_id {category_id} is not among the "
                                  f"dataset's categories {self.category_ids[:10]}"
@@ -121,7 +107,7 @@ class CocoEvaluator:
 
         res = COCO()
         res.dataset = {"images": list(self.coco_gt.dataset["images"]),
-                       "categories": copy.deepcopy(self.coco_gt.dataset["categories"]),
+                       "categories": list(self.coco_gt.dataset["categories"]),
                        "annotations": []}
         _quiet(res.createIndex)
         return res
@@ -146,7 +132,7 @@ class CocoEvaluator:
                 raise ValueError("image_ids is empty: there is nothing to evaluate")
             unknown = [i for i in image_ids if i not in self.coco_gt.imgs]
             if unknown:
-                raise ValueError(f"image_ids {unknown[:10]} are not in {self.annotation_file}")
+                raise ValueError(f"image_ids {unknown[:10]} are not in {self.source}")
         dets = self._check_detections(detections, set(image_ids))
         if dets:
             coco_dt, _ = _quiet(self.coco_gt.loadRes, dets)
@@ -179,12 +165,6 @@ class CocoEvaluator:
                 name = f"{name} ({cid})"
             per_class[name] = float(np.mean(p)) if p.size else -1.0
         return per_class
-
-
-def coco_detection_metrics(annotation_file, detections, image_ids=None) -> dict:
-    """COCO bbox metrics of `detections` against `annotation_file`; see CocoEvaluator.evaluate.
-    Loads the ground truth each call: for repeated evaluation keep a CocoEvaluator."""
-    return CocoEvaluator(annotation_file).evaluate(detections, image_ids)
 
 
 def detections_to_coco(image_id, boxes, scores, labels, width, height, category_ids) -> list[dict]:
@@ -220,4 +200,4 @@ def detections_to_coco(image_id, boxes, scores, labels, width, height, category_
             for (y0, x0, y1, x1), s, c in zip(boxes, scores, cats)]
 
 
-__all__ = ["METRIC_NAMES", "CocoEvaluator", "coco_detection_metrics", "detections_to_coco"]
+__all__ = ["METRIC_NAMES", "CocoEvaluator", "detections_to_coco"]

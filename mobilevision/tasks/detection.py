@@ -97,7 +97,6 @@ class DetectionTask(Task):
 
                 self._tfds[split], ds = tfds_detection(d.tfds.name, split, d.tfds.data_dir,
                                                        image_key=d.tfds.image_key)
-                source = f"TFDS {d.tfds.name} split {split}"
             else:
                 from mobilevision.data.coco import read_coco
 
@@ -105,10 +104,9 @@ class DetectionTask(Task):
                 ds = read_coco(root / d.coco.annotations.format(split=split),
                                root / d.coco.images.format(split=split),
                                skip_invalid=d.skip_invalid)
-                source = ds.annotation_file
             if ds.num_classes != self.cfg.model.num_classes:
                 raise ValueError(f"{self.cfg.get('_source') or 'config'}: model.num_classes is "
-                                 f"{self.cfg.model.num_classes} but {source} has "
+                                 f"{self.cfg.model.num_classes} but {ds.instances.source} has "
                                  f"{ds.num_classes} categories")
             self._datasets[split] = ds
         return self._datasets[split]
@@ -301,7 +299,7 @@ class DetectionTask(Task):
 
         coco = self.coco(split)
         if split not in self._evaluators:
-            self._evaluators[split] = CocoEvaluator(coco.annotation_file)
+            self._evaluators[split] = CocoEvaluator(coco.instances)
         detections, image_ids = self.detect(model, split)
         if out_dir is not None:
             atomic_write_json(Path(out_dir) / f"detections_{split}.json", detections)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilevision.data.coco import read_coco
+from mobilevision.data.coco import CocoInstances, read_coco
+from mobilevision.data.image_folder import DatasetError
 from mobilevision.data.shapes import generate_detection
 
 
@@ -49,3 +50,17 @@ def test_category_ids_map_to_contiguous_labels_and_crowd_is_flagged(tmp_path):
     assert rec.labels.tolist() == [2, 1]              # category 90 -> label 2, 1 -> 1
     assert rec.iscrowd.tolist() == [False, True]
     assert ds.label_to_category(rec.labels).tolist() == [90, 1]
+
+
+def test_an_annotation_without_id_is_named_by_its_index(tmp_path):
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 50}],
+            "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}, "oops",
+                            {"image_id": 1, "category_id": 2, "bbox": [0, 0, 5, 5]}],
+            "categories": [{"id": 1, "name": "person"}]}
+    coco = CocoInstances(data, "inline.json", skip_invalid=True)
+    assert coco.skipped == {
+        "annotations[1]": "expected an object with image_id, category_id and its bbox",
+        "annotations[2]": "category_id 2 is not among the categories [1]"}
+    assert [a["bbox"] for a in coco.annotations[1]] == [[0, 0, 5, 5]]
+    with pytest.raises(DatasetError, match=r"^inline\.json: annotations\[1\]: expected an object"):
+        CocoInstances(data, "inline.json")

@@ -1,13 +1,15 @@
 """COCO box evaluation on known cases: perfect, shifted (IoU exactly 2/3), empty, crowd, wrong
-class, image subsets, the -1 convention, the results conversion and the generated shapes data."""
+class, image subsets, the -1 convention, the results conversion and the generated shapes data;
+the ground truth comes from the reader's parsed file (CocoInstances), never read again."""
 
 import json
 
 import numpy as np
 import pytest
 
-from mobilevision.tasks.coco_eval import (METRIC_NAMES, CocoEvaluator, coco_detection_metrics,
-                                          detections_to_coco)
+from mobilevision.data.image_folder import DatasetError
+from mobilevision.data.coco import CocoInstances
+from mobilevision.tasks.coco_eval import METRIC_NAMES, CocoEvaluator, detections_to_coco
 
 # Non-contiguous category ids; "empty" has no ground truth at all.
 CATEGORIES = [{"id": 1, "name": "circle"}, {"id": 4, "name": "empty"}, {"id": 7, "name": "square"}]
@@ -41,7 +43,7 @@ def gt_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluator(gt_file):
-    return CocoEvaluator(gt_file)
+    return CocoEvaluator(CocoInstances.read(gt_file))
 
 
 def as_detection(ann, score=1.0, dx=0.0, category_id=None):
@@ -65,8 +67,8 @@ def test_perfect_detections_score_one(evaluator):
     assert "Running per image" not in m["summary_text"]
 
 
-def test_function_matches_evaluator_and_prints_nothing(gt_file, capsys):
-    m = coco_detection_metrics(gt_file, [as_detection(a) for a in NON_CROWD])
+def test_indexing_and_evaluating_print_nothing(gt_file, capsys):
+    m = CocoEvaluator(CocoInstances.read(gt_file)).evaluate([as_detection(a) for a in NON_CROWD])
     assert capsys.readouterr().out == ""
     assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0)
 
@@ -159,7 +161,7 @@ def test_generated_shapes_ground_truth_scores_one(tmp_path):
     generate_detection(tmp_path, num_train=4, num_val=3, image_size=96)
     ann_file = tmp_path / "annotations" / "instances_val.json"
     gt = json.loads(ann_file.read_text())
-    evaluator = CocoEvaluator(ann_file)
+    evaluator = CocoEvaluator(CocoInstances.read(ann_file))
 
     # The file's own boxes as detections.
     dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
@@ -175,3 +177,26 @@ def test_generated_shapes_ground_truth_scores_one(tmp_path):
             for d in detections_to_coco(r.image_id, r.boxes, np.ones(len(r.boxes)), r.labels,
                                         r.width, r.height, ds.category_ids)]
     assert evaluator.evaluate(dets)["AP"] == pytest.approx(1.0)
+
+
+def test_ground_truth_is_the_parsed_file_not_read_again(tmp_path):
+    """The evaluator indexes the reader's CocoInstances: the file may be gone, an annotation the
+    reader skipped (skip_invalid) is not ground truth, and ids COCOeval mishandles (missing, 0,
+    repeated) are renumbered on its copy."""
+    annotations = [{k: v for k, v in a.items() if k != "id"} for a in ANNOTATIONS]
+    annotations[0]["id"], annotations[1]["id"], annotations[3]["id"] = 0, 5, 5
+    bad = {"id": 99, "image_id": 2, "category_id": 7, "bbox": [1, 1, 5]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": IMAGES, "annotations": annotations + [bad],
+                                "categories": CATEGORIES}))
+    with pytest.raises(DatasetError, match=r"instances\.json: annotation 99: bbox must be 4 finite"):
+        CocoInstances.read(path)
+    instances = CocoInstances.read(path, skip_invalid=True)
+    path.unlink()
+    assert instances.skipped == {"annotation 99": "bbox must be 4 finite numbers [x, y, w, h], "
+                                                  "got [1, 1, 5]"}
+    m = CocoEvaluator(instances).evaluate([as_detection(a) for a in NON_CROWD])
+    assert m["AP"] == pytest.approx(1.0) and m["AR100"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"instances\.json: read without checking its boxes"):
+        CocoEvaluator(CocoInstances({"images": IMAGES, "annotations": [], "categories": CATEGORIES},
+                                    path, fields=("segmentation",)))

@@ -206,7 +206,7 @@ def test_tfds_coco_layout_trains_and_evaluates(shapes_det, tmp_path):
         np.testing.assert_allclose(r.boxes, by_id[r.image_id].boxes, atol=1e-6)
         assert r.labels.tolist() == by_id[r.image_id].labels.tolist()
         assert (r.width, r.height) == (128, 128)
-    assert val.annotation_file["categories"][0] == {"id": 1, "name": "circle"}
+    assert val.instances.categories[0] == {"id": 1, "name": "circle"}
     indices = np.concatenate([i.numpy() for _, i, _ in task.build_dataset("val", training=False)[0]])
     assert indices.tolist() == [0, 1, 2, 3]
 
