@@ -38,27 +38,26 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
 
-    from mobilevision.backbones.weights import load_weights_by_name
+    from mobilevision.backbones.weights import load_checkpoint
     from mobilevision.config import load_config
     from mobilevision.export import export_model, parse_formats
     from mobilevision.export.runtime import load_exported
     from mobilevision.tasks import get_task
-    from mobilevision.tasks.trainer import BEST, LAST
+    from mobilevision.tasks.trainer import find_checkpoint
 
     run = Path(args.run)
     overrides = list(args.overrides)
     cfg = load_config(str(run / "config.yaml"), overrides)
     if cfg.task == "segmentation":
         cfg = load_config(str(run / "config.yaml"), overrides + ["eval.scales=[1.0]"])
-    weights = next((run / "checkpoints" / n for n in (BEST, LAST)
-                    if (run / "checkpoints" / n).exists()), None)
+    weights = find_checkpoint(run)
     if weights is None:
         p.error(f"{run}: no checkpoint in checkpoints/")
     task = get_task(cfg)
     task.prepare_data()
     model = task.build_model()
     task.compile(model, steps_per_epoch=1)
-    load_weights_by_name(model, weights, allow_unused=True)
+    load_checkpoint(model, weights)
     formats = parse_formats(args.formats)
     int8 = "tflite_int8" in formats
     records = export_model(task, model, formats, run / "export",

@@ -119,13 +119,8 @@ def _evaluate(args) -> int:
     if args.model:
         return _evaluate_exported(cfg, args)
     run = run_dir_for(cfg, args.output)
-    weights = args.weights
-    if weights and not Path(weights).is_file():
-        raise FileNotFoundError(f"--weights {weights}: no such file")
-    if weights is None and not cfg.model.weights and not (run / "checkpoints").is_dir():
-        raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}: train first, or pass "
-                                f"--weights FILE or model.weights=FILE")
-    results = evaluate_run(cfg, run, weights=weights, split=args.split)
+    _check_weights(cfg, run, args.weights)
+    results = evaluate_run(cfg, run, weights=args.weights, split=args.split)
     print(dumps_metrics(results))
     return 0
 
@@ -159,18 +154,15 @@ def _export(args) -> int:
     from mobilevision.config import load_config
     from mobilevision.export import export_model, parse_formats
     from mobilevision.tasks import get_task
-    from mobilevision.tasks.trainer import run_dir_for
+    from mobilevision.tasks.trainer import load_run_weights, run_dir_for
 
     cfg = load_config(args.config, args.overrides)
     formats = parse_formats(args.format)
     run = run_dir_for(cfg)
-    weights = _weights_or_best(cfg, run, args.weights)
+    _check_weights(cfg, run, args.weights)
     task = get_task(cfg)
     model = task.build_model()
-    if weights is not None:
-        from mobilevision.backbones.weights import load_weights_by_name
-
-        load_weights_by_name(model, weights, allow_unused=True)
+    weights = load_run_weights(model, run, args.weights)
     out = Path(args.output or run / "export")
     print(f"exporting {cfg.name} ({weights or cfg.model.weights}) to {out}")
     export_model(task, model, formats, out, calibration_images=args.calibration_images,
@@ -194,30 +186,24 @@ def _run_labels(run, num_classes: int):
     return names
 
 
-def _weights_or_best(cfg, run, weights):
-    """--weights if given (must exist), else the run's best (or last) checkpoint, else
-    model.weights (None: build_model loads it); an error when there is none of them, since
-    untrained weights help no one. The order is evaluate's."""
-    from mobilevision.tasks.trainer import BEST, LAST
+def _check_weights(cfg, run, weights) -> None:
+    """Before anything is built: --weights, when given, must exist; else there must be the run's
+    best or last checkpoint, or model.weights (which build_model loads), since untrained weights
+    help no one. The weights are then loaded by `load_run_weights`."""
+    from mobilevision.tasks.trainer import find_checkpoint
 
-    if weights is not None:
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"--weights {weights}: no such file")
-        return weights
-    found = next((run / "checkpoints" / n for n in (BEST, LAST)
-                  if (run / "checkpoints" / n).exists()), None)
-    if found is None and not cfg.model.weights:
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: no such file")
+    if weights is None and not cfg.model.weights and find_checkpoint(run) is None:
         raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}: train first, or pass "
-                                f"--weights FILE")
-    return found
+                                f"--weights FILE or model.weights=FILE")
 
 
 def _predict(args) -> int:
-    from mobilevision.backbones.weights import load_weights_by_name
     from mobilevision.config import load_config
     from mobilevision.data.decode import is_image_file
     from mobilevision.tasks import get_task
-    from mobilevision.tasks.trainer import run_dir_for
+    from mobilevision.tasks.trainer import load_run_weights, run_dir_for
     from mobilevision.utils import atomic_write_json
 
     cfg = load_config(args.config, args.overrides)
@@ -238,10 +224,9 @@ def _predict(args) -> int:
         model = load_exported(args.model, task)
         names = _run_labels(Path(args.model).parent, cfg.model.num_classes)
     else:
-        weights = _weights_or_best(cfg, run, args.weights)
+        _check_weights(cfg, run, args.weights)
         model = task.build_model()
-        if weights is not None:
-            load_weights_by_name(model, weights, allow_unused=True)
+        load_run_weights(model, run, args.weights)
         names = None
     names = names or _run_labels(run, cfg.model.num_classes)
     out = Path(args.output or run / "predictions")

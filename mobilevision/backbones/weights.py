@@ -1,43 +1,28 @@
-"""Load weight files into a model by layer name, across Keras weight formats.
+"""Weight files into a model: the run's own checkpoints with Keras' own loader, foreign files by
+layer name.
 
-`load_weights_by_name(model, path)` fills the weighted layers of `model` (nested functional and
-Sequential models included) from
+- `load_checkpoint(model, path)`: a file `save_weights` wrote for a model built from the same
+  config (a run's `checkpoints/{last,best}.weights.h5`), read by Keras' own `load_weights`.
+- `load_weights_by_name(model, path)`: a foreign file, layer by layer name, nested models
+  included: legacy HDF5 as `keras.applications` distributes it (`mobilenet_v2_weights_tf_dim_
+  ordering_tf_kernels_1.0_224.h5`, `..._no_top.h5`, or a full-model `.h5`), another model's
+  Keras 3 `.weights.h5` or `.keras` archive.
+- `load_model_weights(model, path)` (`model.weights=FILE`, `--weights FILE`): the first for a
+  Keras 3 file of a structurally identical model, else the second.
 
-- legacy Keras HDF5 files, as `keras.applications` distributes them
-  (`mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5`, `..._no_top.h5`): root attribute
-  `layer_names`, one group per layer with attribute `weight_names` (`b"Conv1/kernel:0"`, ...); a
-  full-model `.h5` (weights under `model_weights/`) works too;
-- Keras 3 `.weights.h5` files (`model.save_weights`);
-- Keras 3 `.keras` archives (the `model.weights.h5` inside).
+A Keras 3 file (`keras.src.saving.saving_lib`) holds each layer at a save path made of the
+snake-cased class name and a counter that restarts in every container (`layers/conv2d_1`; a nested
+model is `layers/functional/layers/...`), its variables under `<path>/vars/0, 1, ...`, the
+optimizer under `optimizer/`. Recent Keras versions record the layer name as the attribute `name`
+of each `vars` group, and layers are matched by it. Older Keras 3 files have no names and are
+matched by position: for each layer class, the k-th saved layer goes to the model's k-th layer of
+that class, both sides ordered nested models first, then by the save counter. So a flat
+`keras.applications` file fills a backbone nested in a classifier, which creates the same layer
+classes in the same order; layers only one side has must come last (a truncated backbone), else
+the shape check will usually catch the shift.
 
-How layers are matched
-----------------------
-Legacy files key every layer by its name, so matching is by name.
-
-Keras 3 `.weights.h5` files do not key layers by name. `keras.src.saving.saving_lib` walks
-`model.layers` in order and files each layer under the snake-cased class name with a counter
-that restarts in every container (`layers/conv2d`, `layers/conv2d_1`, ...; a nested model is
-`layers/functional/layers/...`), with the variables under `<path>/vars/0`, `/1`, ... in the order
-`layer._trainable_variables + layer._non_trainable_variables` (BatchNormalization: gamma, beta,
-moving_mean, moving_variance). Weightless layers get a group without datasets, and the optimizer
-sits under `optimizer/`. Recent Keras versions also store the layer name as the attribute
-`name` on each `vars` group. Given that, the loader tries these in turn:
-
-1. by name, using the `name` attributes where the file has them;
-2. by save path, where the file holds exactly the weighted save paths this model would write
-   (the way Keras' own `load_weights` matches). Used when it leaves fewer layers unmatched than
-   matching by name, e.g. when a rebuilt model's auto-generated layer names (`dense_7`) differ
-   from the saved ones;
-3. by position, for files without names: for each layer class, the k-th saved layer goes to the
-   model's k-th layer of that class. Both sides are ordered the same way: nested models before
-   the layers of their container, then by the save counter. A flat `keras.applications` file
-   therefore fills a backbone nested in a classifier, because the backbone creates the same
-   layer classes in the same order. Layers that only one side has must come last (a truncated
-   backbone is fine; a missing layer in the middle shifts everything after it, and the shape
-   check will usually catch that).
-
-Every matched layer's variable shapes are checked, and nothing is assigned unless the whole load
-succeeds, so a failed load leaves the model unchanged.
+The by-name loader checks every matched layer's shapes and assigns nothing unless the whole
+load succeeds, so a failed load leaves the model unchanged.
 """
 
 from __future__ import annotations
@@ -45,8 +30,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import warnings
 import zipfile
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -61,6 +48,8 @@ __all__ = [
     "WeightsFileError",
     "WeightsMismatchError",
     "layer_names_with_weights",
+    "load_checkpoint",
+    "load_model_weights",
     "load_weights_by_name",
 ]
 
@@ -76,9 +65,10 @@ class WeightsFileError(ValueError):
 
 
 class WeightsMismatchError(ValueError):
-    """The weights file does not fit the model. `.report` holds the full `LoadReport`."""
+    """The weights file does not fit the model. `.report` holds the by-name loader's
+    `LoadReport` (None when Keras' own loader refused the file)."""
 
-    def __init__(self, message: str, report: "LoadReport"):
+    def __init__(self, message: str, report: "LoadReport | None" = None):
         super().__init__(message)
         self.report = report
 
@@ -98,16 +88,17 @@ class ShapeMismatch(NamedTuple):
 
 @dataclass
 class LoadReport:
-    """What `load_weights_by_name` did.
+    """What `load_weights_by_name` did (or, on a `WeightsMismatchError`, found).
 
-    loaded:     the model's layer names that received weights, in model order.
+    loaded:     the model's layer names whose weights fit, in model order (assigned unless the
+                load raised).
     missing:    the model's weighted layers with no counterpart in the file.
     unused:     the file's weighted layers that were not used (e.g. `predictions` when a file
                 with the classifier top is loaded into a backbone); for a file that records no
                 layer names these are save paths such as "layers/dense".
     mismatched: `ShapeMismatch(name, expected, found)` triples for matched layers whose
                 variables differ in shape or count.
-    matched_by: "name", "path" or "position" (see the module docstring).
+    matched_by: "name" or "position" (see the module docstring).
     file_format: "legacy_h5", "weights_h5" or "keras_zip".
     """
 
@@ -118,18 +109,6 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
     mismatched: list[ShapeMismatch] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when every weighted layer of the model was loaded."""
-        return not self.missing and not self.mismatched
-
-    def __str__(self) -> str:
-        return (
-            f"{self.path} ({self.file_format}, matched by {self.matched_by}): "
-            f"{len(self.loaded)} loaded, {len(self.missing)} missing, "
-            f"{len(self.mismatched)} mismatched, {len(self.unused)} unused"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,18 +127,12 @@ class _Unit:
 def _own_variables(layer) -> list:
     # The order `Layer.save_own_variables` writes, which is also the legacy order
     # (trainable first) for every built-in layer.
-    if hasattr(layer, "_trainable_variables"):
-        return list(layer._trainable_variables) + list(layer._non_trainable_variables)
-    return list(layer.trainable_weights) + list(layer.non_trainable_weights)
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
 
 
 def _is_container(layer) -> bool:
     """Functional and Sequential models: their sublayers are saved under `<path>/layers/`."""
-    if not isinstance(layer, keras.Model):
-        return False
-    if hasattr(layer, "_obj_type"):
-        return layer._obj_type() in ("Functional", "Sequential")
-    return isinstance(layer, keras.Sequential) or hasattr(layer, "_nodes_by_depth")
+    return isinstance(layer, keras.Model) and layer._obj_type() in ("Functional", "Sequential")
 
 
 def _snake(name: str) -> str:
@@ -316,8 +289,57 @@ def _read_array(ds) -> np.ndarray:
     return arr
 
 
+def _open(path: str):
+    """Return (h5py.File, file_format); the caller closes the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Weights file not found: {path}")
+    if os.path.isdir(path):
+        raise WeightsFileError(f"Weights path is a directory, not a weights file: {path}")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if "model.weights.h5" not in names:
+                raise WeightsFileError(
+                    f"{path} is a zip archive without model.weights.h5 (a sharded or non-Keras "
+                    f"archive?); it holds: {', '.join(names[:10])}"
+                )
+            data = zf.read("model.weights.h5")
+        try:
+            return h5py.File(io.BytesIO(data), "r"), "keras_zip"
+        except OSError as e:
+            raise WeightsFileError(f"{path}: model.weights.h5 is not valid HDF5: {e}") from e
+    if not h5py.is_hdf5(path):
+        raise WeightsFileError(
+            f"{path} is not an HDF5 file (expected a Keras .h5 / .weights.h5 or a .keras archive)"
+        )
+    try:
+        return h5py.File(path, "r"), None
+    except OSError as e:
+        raise WeightsFileError(f"{path} could not be opened as HDF5: {e}") from e
+
+
+@contextmanager
+def _file_entries(path: str):
+    """Open `path`; yield (its weighted layers as `_Entry`s, file_format), closing it after."""
+    f, file_format = _open(path)
+    with f:
+        legacy = next((g for g in (f, f.get("model_weights")) if isinstance(g, h5py.Group) and (
+            "layer_names" in g.attrs or "layer_names0" in g.attrs)), None)
+        if legacy is not None:
+            yield _legacy_entries(legacy), "legacy_h5"
+            return
+        entries = _weights_h5_entries(f)
+        if not entries and "vars" not in f and not any(
+                isinstance(o, h5py.Group) and "vars" in o for o in f.values()):
+            raise WeightsFileError(
+                f"{path} is HDF5 but neither a legacy Keras weights file (no `layer_names` "
+                f"attribute) nor a Keras 3 weights file (no `vars` groups)"
+            )
+        yield entries, file_format or "weights_h5"
+
+
 # --------------------------------------------------------------------------------------------
-# Matching
+# Matching by name or position
 
 
 def _position_key(key: str):
@@ -354,11 +376,6 @@ def _match_by_name(units, entries):
     return pairs
 
 
-def _match_by_path(units, entries):
-    by_key = {e.key: e for e in entries}
-    return [(u, by_key[u.key]) for u in units if u.key in by_key]
-
-
 def _match_by_position(units, entries):
     def grouped(items):
         groups = defaultdict(list)
@@ -388,21 +405,6 @@ def _first_mismatch(unit, entry):
     return None
 
 
-def _evaluate(pairs, units, entries):
-    matched_units = {id(u) for u, _ in pairs}
-    matched_entries = {id(e) for _, e in pairs}
-    good, mismatched = [], []
-    for u, e in pairs:
-        mm = _first_mismatch(u, e)
-        if mm:
-            mismatched.append(mm)
-        else:
-            good.append((u, e))
-    missing = [u.name for u in units if id(u) not in matched_units]
-    unused = [e.label for e in entries if id(e) not in matched_entries]
-    return good, missing, unused, mismatched
-
-
 def _listing(names: list[str]) -> str:
     shown = ", ".join(names[:_MAX_LISTED])
     if len(names) > _MAX_LISTED:
@@ -411,56 +413,17 @@ def _listing(names: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Public entry point
+# Public entry points
 
 
-def _open(path: str):
-    """Return (h5py.File, file_format); the caller closes the file."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Weights file not found: {path}")
-    if os.path.isdir(path):
-        raise WeightsFileError(f"Weights path is a directory, not a weights file: {path}")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if "model.weights.h5" not in names:
-                raise WeightsFileError(
-                    f"{path} is a zip archive without model.weights.h5 (a sharded or non-Keras "
-                    f"archive?); it holds: {', '.join(names[:10])}"
-                )
-            data = zf.read("model.weights.h5")
-        try:
-            return h5py.File(io.BytesIO(data), "r"), "keras_zip"
-        except OSError as e:
-            raise WeightsFileError(f"{path}: model.weights.h5 is not valid HDF5: {e}") from e
-    if not h5py.is_hdf5(path):
-        raise WeightsFileError(
-            f"{path} is not an HDF5 file (expected a Keras .h5 / .weights.h5 or a .keras archive)"
-        )
-    try:
-        return h5py.File(path, "r"), None
-    except OSError as e:
-        raise WeightsFileError(f"{path} could not be opened as HDF5: {e}") from e
-
-
-def load_weights_by_name(
-    model,
-    path,
-    *,
-    allow_unused: bool = True,
-    allow_missing: bool = False,
-    allow_mismatched: bool = False,
-) -> LoadReport:
-    """Load the weights in `path` into `model`, matching layers by name (see module docstring).
+def load_weights_by_name(model, path, *, allow_unused: bool = True) -> LoadReport:
+    """Load the foreign weights file `path` into `model` by layer name (see module docstring).
 
     Args:
       model: a built Keras model (or layer); nested functional/Sequential models are descended.
       path: a legacy Keras `.h5`, a Keras 3 `.weights.h5`, or a `.keras` archive.
-      allow_unused: when False, weighted layers of the file that the model lacks are an error.
-      allow_missing: when True, model layers absent from the file keep their values instead of
-        being an error (e.g. a fresh head on a pretrained backbone).
-      allow_mismatched: when True, matched layers whose shapes differ keep their values instead
-        of being an error (e.g. a `predictions` layer with another number of classes).
+      allow_unused: when False, weighted layers of the file that the model lacks are an error
+        (True: a file with the classifier top fills a backbone).
 
     Returns:
       A `LoadReport`.
@@ -468,70 +431,45 @@ def load_weights_by_name(
     Raises:
       FileNotFoundError: `path` does not exist.
       WeightsFileError: `path` is not HDF5 / not a Keras archive / of an unknown layout.
-      WeightsMismatchError: layers missing from the file or with mismatched shapes (or unused,
-        with `allow_unused=False`). Nothing is assigned in that case.
+      WeightsMismatchError: model layers missing from the file or with other shapes (or unused
+        file layers, with `allow_unused=False`), listed by name. Nothing is assigned then.
     """
     path = os.fspath(path)
-    f, file_format = _open(path)
-    with f:
-        if "layer_names" in f.attrs or "layer_names0" in f.attrs:
-            root, file_format = f, "legacy_h5"
-        elif "model_weights" in f and isinstance(f["model_weights"], h5py.Group) and (
-            "layer_names" in f["model_weights"].attrs
-            or "layer_names0" in f["model_weights"].attrs
-        ):
-            root, file_format = f["model_weights"], "legacy_h5"
-        else:
-            root, file_format = f, file_format or "weights_h5"
-
-        if file_format == "legacy_h5":
-            entries = _legacy_entries(root)
-        else:
-            entries = _weights_h5_entries(root)
-            if not entries and not any(
-                isinstance(o, h5py.Group) and "vars" in o for o in root.values()
-            ) and "vars" not in root:
-                raise WeightsFileError(
-                    f"{path} is HDF5 but neither a legacy Keras weights file (no `layer_names` "
-                    f"attribute) nor a Keras 3 weights file (no `vars` groups)"
-                )
-
+    with _file_entries(path) as (entries, file_format):
         units = _model_units(model)
-        named = bool(entries) and all(e.name is not None for e in entries)
-        if file_format == "legacy_h5" or named:
+        if file_format == "legacy_h5" or (entries and all(e.name is not None for e in entries)):
             matched_by, pairs = "name", _match_by_name(units, entries)
-            result = _evaluate(pairs, units, entries)
-            if file_format != "legacy_h5" and (result[1] or result[3]):
-                unit_keys = {u.key for u in units}
-                if None not in unit_keys and unit_keys == {e.key for e in entries}:
-                    alt = _evaluate(_match_by_path(units, entries), units, entries)
-                    if len(alt[1]) + len(alt[3]) < len(result[1]) + len(result[3]):
-                        matched_by, result = "path", alt
         else:
-            matched_by = "position"
-            result = _evaluate(_match_by_position(units, entries), units, entries)
-        good, missing, unused, mismatched = result
-
+            matched_by, pairs = "position", _match_by_position(units, entries)
+        good, mismatched = [], []
+        for u, e in pairs:
+            mm = _first_mismatch(u, e)
+            if mm:
+                mismatched.append(mm)
+            else:
+                good.append((u, e))
+        matched_units = {id(u) for u, _ in pairs}
+        matched_entries = {id(e) for _, e in pairs}
         report = LoadReport(
             path=path,
             file_format=file_format,
             matched_by=matched_by,
             loaded=[u.name for u, _ in good],
-            missing=missing,
-            unused=unused,
+            missing=[u.name for u in units if id(u) not in matched_units],
+            unused=[e.label for e in entries if id(e) not in matched_entries],
             mismatched=mismatched,
         )
         problems = []
-        if missing and not allow_missing:
-            problems.append(f"{len(missing)} layer(s) of the model are not in the file: "
-                            f"{_listing(missing)}")
-        if mismatched and not allow_mismatched:
+        if report.missing:
+            problems.append(f"{len(report.missing)} layer(s) of the model are not in the file: "
+                            f"{_listing(report.missing)}")
+        if mismatched:
             described = [f"{m.name} (model {m.expected}, file {m.found})" for m in mismatched]
             problems.append(f"{len(mismatched)} layer(s) have mismatched shapes: "
                             f"{_listing(described)}")
-        if unused and not allow_unused:
-            problems.append(f"{len(unused)} layer(s) of the file are not in the model: "
-                            f"{_listing(unused)}")
+        if report.unused and not allow_unused:
+            problems.append(f"{len(report.unused)} layer(s) of the file are not in the model: "
+                            f"{_listing(report.unused)}")
         if problems:
             raise WeightsMismatchError(
                 f"Weights file {path} does not fit model '{model.name}' "
@@ -549,3 +487,71 @@ def load_weights_by_name(
             pass
         variable.assign(value)
     return report
+
+
+def load_checkpoint(model, path) -> None:
+    """Load a checkpoint of `model`: a `.weights.h5` (or `.keras`) that `save_weights` wrote for a
+    model built from the same config, e.g. a run's `checkpoints/best.weights.h5`.
+
+    Keras' own `model.load_weights` reads it: every layer by its save path, and the optimizer
+    state where `model` has a built optimizer (resuming a run); a model without one (evaluation,
+    export) takes the weights only.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      WeightsFileError: `path` is not a readable HDF5 file.
+      WeightsMismatchError: one line naming `path`, when its layers do not fit `model` (a
+        checkpoint of another config). The model may then be partly loaded.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    optimizer = getattr(model, "optimizer", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+        except OSError as e:
+            raise WeightsFileError(f"{path} could not be read as a Keras weights file: {e}"
+                                   ) from None
+        except ValueError as e:  # its warnings go with it: they only repeat what failed
+            # Keras says which layer failed and why over several lines, then dumps the values.
+            detail = " ".join(str(e).split("Target variable:")[0].split("List of objects")[0]
+                              .split())
+            raise WeightsMismatchError(
+                f"Checkpoint {path} does not fit model '{model.name}' (a checkpoint of another "
+                f"config?): {detail[:400]}") from None
+    for w in caught:
+        # An optimizer never built has no state to restore, which Keras warns about: not news.
+        if optimizer is None or optimizer.built or "optimizer" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _fits_exactly(model, path: str) -> bool:
+    """True when `path` is a Keras 3 file holding what `model.save_weights` writes: the same
+    weighted layers at the same save paths, with the same shapes."""
+    if not path.endswith((".weights.h5", ".keras")):
+        return False
+    ours = {u.key: [tuple(v.shape) for v in u.variables] for u in _model_units(model)}
+    if None in ours:  # a composite layer: save paths not derived here
+        return False
+    with _file_entries(path) as (entries, file_format):
+        return file_format != "legacy_h5" and ours == {e.key: e.shapes for e in entries}
+
+
+def load_model_weights(model, path) -> None:
+    """Load `path` into the whole of `model` (`model.weights=FILE`, `--weights FILE`).
+
+    A Keras 3 file of a structurally identical model (a checkpoint of this config, from any run)
+    loads with Keras' own loader (`load_checkpoint`); any other file (keras.applications `.h5`,
+    another model's `.weights.h5` or `.keras`, a checkpoint of another config) by layer name,
+    every weighted layer of the model and of the file used, or an error listing the layers that
+    do not match (`load_weights_by_name` with `allow_unused=False`).
+
+    Raises FileNotFoundError, WeightsFileError or WeightsMismatchError, each naming `path`.
+    """
+    path = os.fspath(path)
+    if _fits_exactly(model, path):
+        load_checkpoint(model, path)
+    else:
+        load_weights_by_name(model, path, allow_unused=False)

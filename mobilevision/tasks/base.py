@@ -45,12 +45,14 @@ class Task:
         self.cfg = cfg
 
     def build_model(self) -> keras.Model:
-        """The task model (uncompiled) with `model.weights` loaded when the config names a file."""
+        """The task model (uncompiled) with `model.weights` loaded when the config names a file:
+        a Keras 3 file of this same model with Keras' own loader, any other file by layer name
+        (`load_model_weights`)."""
         model = self._build_model()
         if self.cfg.model.weights:
-            from mobilevision.backbones.weights import load_weights_by_name
+            from mobilevision.backbones.weights import load_model_weights
 
-            load_weights_by_name(model, self.cfg.model.weights, allow_unused=False)
+            load_model_weights(model, self.cfg.model.weights)
         return model
 
     # Hooks -----------------------------------------------------------------------------------

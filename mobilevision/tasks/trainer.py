@@ -287,6 +287,7 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     Under `distribute.strategy: multi_worker` every worker runs this with the same config; the
     chief alone writes the run folder and evaluates, the others return
     {"worker": index, "weights_sha1": ...}."""
+    from mobilevision.backbones.weights import load_checkpoint
     from mobilevision.tasks import distribute as dist
     from mobilevision.tasks import get_task
 
@@ -350,7 +351,7 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         model.optimizer.build(model.trainable_variables)
         if resume and last.exists():
             state = checkpoint_state(last)
-            model.load_weights(last)
+            load_checkpoint(model, last)
             initial_epoch, best = state["epoch"], _best_so_far(ckpt_dir, task.monitor_mode)
     if replicas > 1:
         dist.patch_fit(model)
@@ -473,28 +474,45 @@ def _shard_by_data(ds):
     return ds.with_options(options)
 
 
+def find_checkpoint(run) -> Path | None:
+    """The run's best checkpoint, else its last; None when it has neither."""
+    return next((p for p in (Path(run) / "checkpoints" / n for n in (BEST, LAST)) if p.exists()),
+                None)
+
+
+def load_run_weights(model, run, weights=None):
+    """Load `weights`, a file the user names (`--weights`: loaded as `model.weights` is, see
+    `load_model_weights`), else the run's best, else last checkpoint (Keras' own loader).
+
+    Returns the file loaded, or None when there is none: the model keeps what `build_model` gave
+    it (`model.weights`, or initial weights)."""
+    from mobilevision.backbones.weights import load_checkpoint, load_model_weights
+
+    if weights is not None:
+        load_model_weights(model, weights)
+        return weights
+    found = find_checkpoint(run)
+    if found is not None:
+        load_checkpoint(model, found)
+    return found
+
+
 def evaluate_run(cfg, run: Path, *, weights=None, task=None, model=None, split=None) -> dict:
-    """Evaluate `weights` (default: the run's best, else last checkpoint) on `split` (default the
-    validation split) and write run/eval.json. Returns the metrics."""
-    from mobilevision.backbones.weights import load_weights_by_name
+    """Evaluate `weights` (a file the user names; default: the run's best, else last checkpoint,
+    see `load_run_weights`) on `split` (default the validation split) and write run/eval.json.
+    Returns the metrics."""
     from mobilevision.data.skips import SKIPPED
     from mobilevision.tasks import get_task
 
     task = task or get_task(cfg)
     split = split or cfg.data.val_split
-    if weights is None:
-        for name in (BEST, LAST):
-            if (run / "checkpoints" / name).exists():
-                weights = run / "checkpoints" / name
-                break
     if model is None:
         set_precision(cfg)
         task.prepare_data()
         model = task.build_model()
         task.compile(model, steps_per_epoch=1)  # for the loss and metrics; no training here
-    if weights is not None:
-        load_weights_by_name(model, weights, allow_unused=True)
-    elif not cfg.model.weights:
+    weights = load_run_weights(model, run, weights)
+    if weights is None and not cfg.model.weights:
         print("warning: evaluating an untrained model (no checkpoint and no model.weights)",
               file=sys.stderr)
     results = task.evaluate(model, split, out_dir=run)

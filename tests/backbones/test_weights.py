@@ -1,10 +1,12 @@
-"""Name-based weight loading from legacy .h5, Keras 3 .weights.h5 and .keras files.
+"""Name-based weight loading from legacy .h5, Keras 3 .weights.h5 and .keras files; a model's
+own checkpoints with Keras' own loader; `load_model_weights` choosing between the two.
 
 The source is a keras.applications MobileNetV2 (weights=None) with every variable, BatchNorm
 moving statistics included, set to random values, so a layer loaded into the wrong place shows.
 """
 
 import shutil
+import warnings
 
 import h5py
 import numpy as np
@@ -19,6 +21,8 @@ from mobilevision.backbones.weights import (
     WeightsMismatchError,
     _model_units,
     layer_names_with_weights,
+    load_checkpoint,
+    load_model_weights,
     load_weights_by_name,
 )
 
@@ -151,7 +155,7 @@ def test_loads_every_format_by_name(kind, files, source, target):
     _zero(target)
     report = load_weights_by_name(target, files[kind])
     assert isinstance(report, LoadReport)
-    assert report.ok and report.matched_by == "name"
+    assert report.matched_by == "name"
     assert report.file_format == {"weights_h5": "weights_h5", "keras_zip": "keras_zip"}.get(
         kind, "legacy_h5"
     )
@@ -172,7 +176,7 @@ def test_layer_names_with_weights_in_model_order(target, target_no_top):
 def test_top_file_into_backbone_reports_unused(kind, files, source, target_no_top):
     _zero(target_no_top)
     report = load_weights_by_name(target_no_top, files[kind])
-    assert report.ok
+    assert report.missing == report.mismatched == []
     assert report.unused == ["predictions"]
     _assert_same_weights(source, target_no_top, layer_names_with_weights(target_no_top))
     with pytest.raises(WeightsMismatchError, match="predictions"):
@@ -183,7 +187,7 @@ def test_top_file_into_backbone_reports_unused(kind, files, source, target_no_to
 def test_flat_file_into_nested_classifier(kind, files, source, nested):
     _zero(nested)
     report = load_weights_by_name(nested, files[kind])
-    assert report.ok, report
+    assert report.missing == report.mismatched == [], report
     assert report.matched_by == ("position" if kind == "unnamed" else "name")
     assert report.loaded == layer_names_with_weights(nested)
     assert report.loaded[-1] == "predictions" and report.unused == []
@@ -193,11 +197,11 @@ def test_flat_file_into_nested_classifier(kind, files, source, nested):
 def test_unnamed_file_loads_by_position(files, source, target, target_no_top):
     _zero(target)
     report = load_weights_by_name(target, files["unnamed"])
-    assert report.ok and report.matched_by == "position"
+    assert report.missing == report.mismatched == [] and report.matched_by == "position"
     _assert_same_weights(source, target, report.loaded)
     _zero(target_no_top)
     report = load_weights_by_name(target_no_top, files["unnamed"])
-    assert report.ok and report.unused == ["layers/dense"]
+    assert report.missing == report.mismatched == [] and report.unused == ["layers/dense"]
     _assert_same_weights(source, target_no_top, report.loaded)
 
 
@@ -225,7 +229,7 @@ def test_own_nested_file_round_trip(nested, tmp_path):
     expected = [w.numpy() for w in nested.weights]
     _zero(nested)
     report = load_weights_by_name(nested, path)
-    assert report.ok and report.unused == []
+    assert report.missing == report.mismatched == report.unused == []
     for v, x in zip(nested.weights, expected):
         np.testing.assert_array_equal(v.numpy(), x)
 
@@ -243,7 +247,9 @@ def _tiny_classifier(seed):
 
 
 @pytest.mark.parametrize("strip", [False, True])
-def test_rebuilt_model_with_auto_names_loads_by_path(strip, tmp_path):
+def test_rebuilt_model_with_auto_names_loads_with_keras(strip, tmp_path):
+    """A checkpoint of the same model rebuilt (auto-generated layer names differ: `dense_7`):
+    `load_model_weights` hands it to Keras' own loader, which matches by save path."""
     first, second = _tiny_classifier(0), _tiny_classifier(1)
     assert layer_names_with_weights(first) != layer_names_with_weights(second)
     path = str(tmp_path / "tiny.weights.h5")
@@ -251,10 +257,81 @@ def test_rebuilt_model_with_auto_names_loads_by_path(strip, tmp_path):
     if strip:
         _strip_names(path, str(tmp_path / "stripped.weights.h5"))
         path = str(tmp_path / "stripped.weights.h5")
-    report = load_weights_by_name(second, path)
-    assert report.ok and report.matched_by == ("position" if strip else "path")
+        assert load_weights_by_name(_tiny_classifier(2), path).matched_by == "position"
+    else:  # the by-name loader goes by the recorded names, which are another model's
+        with pytest.raises(WeightsMismatchError, match="not in the file"):
+            load_weights_by_name(_tiny_classifier(2), path)
+    load_model_weights(second, path)
     for a, b in zip(first.weights, second.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_checkpoint_round_trips_exactly_with_optimizer_state(tmp_path):
+    model = _tiny_classifier(0)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((4, 8, 8, 3)), np.ones((4, 3)), epochs=1, verbose=0)
+    path = tmp_path / "last.weights.h5"
+    model.save_weights(path)
+    again = _tiny_classifier(1)
+    again.compile(optimizer="adam", loss="mse")
+    again.optimizer.build(again.trainable_variables)
+    load_checkpoint(again, path)
+    for a, b in zip(model.weights + model.optimizer.variables,
+                    again.weights + again.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(again.optimizer.iterations.numpy()) == 1
+    # A model without a built optimizer (evaluation) takes the weights, quietly.
+    fresh = _tiny_classifier(2)
+    fresh.compile(optimizer="adam", loss="mse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_checkpoint(fresh, path)
+    for a, b in zip(model.weights, fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_checkpoint_of_another_model_is_one_line_naming_the_file(tmp_path, capfd):
+    path = str(tmp_path / "best.weights.h5")
+    _tiny_classifier(0).save_weights(path)
+    inner_in = keras.Input((8, 8, 3))
+    inner = keras.Model(inner_in, keras.layers.Conv2D(6, 3)(inner_in))  # 6 filters, not 4
+    x_in = keras.Input((8, 8, 3))
+    other = keras.Model(x_in, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(
+        inner(x_in))), name="other")
+    with pytest.raises(WeightsMismatchError) as info:
+        load_checkpoint(other, path)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 700
+    assert message.startswith(f"Checkpoint {path} does not fit model 'other' (a checkpoint of "
+                              f"another config?): ")
+    assert "(3, 3, 3, 6)" in message  # what did not fit
+    assert "UserWarning" not in capfd.readouterr().err  # Keras' warnings about it are dropped
+    with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
+        load_checkpoint(other, tmp_path / "nope.weights.h5")
+    bad = tmp_path / "cut.weights.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 20)
+    with pytest.raises(WeightsFileError, match="cut.weights.h5"):
+        load_checkpoint(other, bad)
+
+
+def test_model_weights_use_keras_for_the_same_structure_else_names_with_every_layer_used(
+        files, source, target, target_no_top, monkeypatch):
+    """`load_model_weights`: a Keras 3 file of a structurally identical model goes to Keras' own
+    loader; any other file by name, where every layer of the file must be used (Keras' own
+    loader would silently skip the top of a keras.applications file loaded into a backbone)."""
+    import mobilevision.backbones.weights as weights
+
+    by_keras = []
+    monkeypatch.setattr(weights, "load_checkpoint",
+                        lambda model, path: by_keras.append(path) or load_checkpoint(model, path))
+    for kind in ("weights_h5", "keras_zip", "legacy_keras2", "unnamed"):
+        _zero(target)
+        load_model_weights(target, files[kind])
+        _assert_same_weights(source, target, layer_names_with_weights(target))
+    assert by_keras == [files["weights_h5"], files["keras_zip"], files["unnamed"]]
+    with pytest.raises(WeightsMismatchError, match="not in the model: predictions"):
+        load_model_weights(target_no_top, files["weights_h5"])
+    assert len(by_keras) == 3
 
 
 @pytest.fixture(scope="module")
@@ -280,16 +357,19 @@ def test_wrong_alpha_raises_and_leaves_model_unchanged(wrong_alpha_file, target)
     mm = next(m for m in report.mismatched if m.name == "block_2_expand")
     assert mm.expected == (1, 1, 8, 48) and mm.found == (1, 1, 16, 96)
     assert all(not np.any(v.numpy()) for v in target.weights)  # nothing assigned
-    # Opting out of the check loads the layers that do fit.
-    report = load_weights_by_name(target, wrong_alpha_file, allow_mismatched=True)
-    assert "Conv1" in report.loaded and "block_2_expand" not in report.loaded
+    assert "Conv1" in report.loaded and "block_2_expand" not in report.loaded  # what did fit
+    # The same file as `model.weights`: the same structure, but not the same shapes, so it is
+    # not handed to Keras' own loader and the error lists the layers.
+    with pytest.raises(WeightsMismatchError, match=r"block_1_project \(model \(1, 1, 48, 8\)"):
+        load_model_weights(target, wrong_alpha_file)
+    assert all(not np.any(v.numpy()) for v in target.weights)
 
 
-def test_missing_layers_raise_unless_allowed(files, nested, tmp_path):
+def test_missing_layers_raise(files, nested, tmp_path):
     other = _classifier(nested.layers[1], classes=5, head_name="logits")
-    with pytest.raises(WeightsMismatchError, match=r"not in the file: logits"):
+    with pytest.raises(WeightsMismatchError, match=r"not in the file: logits") as info:
         load_weights_by_name(other, files["weights_h5"])
-    report = load_weights_by_name(other, files["weights_h5"], allow_missing=True)
+    report = info.value.report
     assert report.missing == ["logits"] and report.unused == ["predictions"]
 
 
