@@ -244,16 +244,21 @@ def _profile(args) -> int:
     # Weights do not change the figures: profile without needing the files.
     cfg = load_config(args.config, list(args.overrides) + ["model.weights=null",
                                                            "model.backbone.weights=null"])
-    model = get_task(cfg).build_model()
-    prof = profile_model(model)
-    from mobilevision.backbones import DEFAULT_TAPS, FEATURE_SPECS
+    task = get_task(cfg)
+    prof = profile_model(task.build_model())
+    from mobilevision.backbones import BACKBONES
 
     b = cfg.model.backbone
-    specs = FEATURE_SPECS[b.name](b.alpha, b.output_stride)
+    backbone = BACKBONES[b.name]
+    specs = backbone.feature_specs(b.alpha, b.output_stride)
     h, w = cfg.model.input_size
     prof["features"] = {name: {"shape": [h // specs[name][1], w // specs[name][1], specs[name][0]],
                                "stride": specs[name][1]}
-                        for name in DEFAULT_TAPS}
+                        for name in dict.fromkeys([*backbone.taps, *cfg.model.head.features])}
+    # The maps the head reads (and, for the detector, every map it predicts on, with anchors).
+    prof["feature_maps"] = maps = task.feature_maps()
+    if any("anchors" in m for m in maps):
+        prof["anchors"] = sum(m["anchors"] for m in maps)
     prof["config"] = cfg.get("_source")
     if args.json:
         print(json.dumps({k: v for k, v in prof.items() if k != "layers"}))
@@ -263,6 +268,18 @@ def _profile(args) -> int:
         for name, f in prof["features"].items():
             s = f["shape"]
             print(f"  {name:24s} {s[0]:4d} x {s[1]:4d} x {s[2]:5d}   stride {f['stride']}")
+        detector = "anchors" in prof
+        print("maps the head " + ("predicts on (name: H x W, stride, anchors per cell, anchors):"
+                                  if detector else "reads (name: H x W x C, stride):"))
+        for m in maps:
+            size = f"{m['size'][0]:4d} x {m['size'][1]:4d}"
+            if detector:
+                print(f"  {m['name']:24s} {size}   stride {m['stride']:g}   "
+                      f"{m['anchors_per_location']} x {m['size'][0] * m['size'][1]} = {m['anchors']}")
+            else:
+                print(f"  {m['name']:24s} {size} x {m['channels']:5d}   stride {m['stride']}")
+        if detector:
+            print(f"  anchors in all: {prof['anchors']}")
     return 0
 
 

@@ -62,7 +62,8 @@ SCHEMA: dict[str, Field] = {
     "model.input_size": Field([224, 224], "size", help="[height, width], multiples of 32"),
     "model.num_classes": Field(1000, "int"),
     "model.weights": Field(None, "file", nullable=True, help="weights file for the whole model"),
-    "model.backbone.name": Field("mobilenet_v2", "str", ("mobilenet_v2",)),
+    "model.backbone.name": Field("mobilenet_v2", "str",
+                                 help="a name in mobilevision.backbones.BACKBONES"),
     "model.backbone.alpha": Field(1.0, "float", ALPHAS, help="width multiplier"),
     "model.backbone.output_stride": Field(32, "int", (8, 16, 32)),
     "model.backbone.weights": Field(
@@ -70,6 +71,11 @@ SCHEMA: dict[str, Field] = {
     ),
     "model.backbone.bn_momentum": Field(0.999, "float", help="BatchNorm moving-average momentum"),
     "model.backbone.trainable": Field(True, "bool"),
+    "model.head.features": Field(None, "strs", nullable=True,
+                                 help="backbone taps the head reads, finest first; null: the "
+                                      "backbone's default for the task (MobileNetV2: classifier "
+                                      "[out_relu], SSDLite [block_13_expand_relu, out_relu], "
+                                      "DeepLabv3 [block_16_project])"),
     "model.head.dropout": Field(0.2, "float",
                                 help="dropout before the classifier's `predictions` or DeepLab's logits"),
     # detection head (SSDLite); the reference recipe of ssdlite_mobilenet_v2_coco
@@ -431,6 +437,7 @@ def load_config(name_or_path=None, overrides: Sequence[str] = (), *, check_files
     """
     tree = defaults()
     source = None
+    overridden = {}  # key -> the override that set it, which cross-field errors name
     if name_or_path is not None:
         source = find_config(name_or_path)
         for key, value in _flatten(_read_yaml(source)).items():
@@ -440,19 +447,19 @@ def load_config(name_or_path=None, overrides: Sequence[str] = (), *, check_files
             _set(tree, key, _check_type(key, value, where))
     for text in overrides:
         key, value = parse_override(text)
-        where = f"override '{text}'"
+        where = overridden[key] = f"override '{text}'"
         if key not in SCHEMA:
             raise ConfigError(_unknown(key, value, where))
         _set(tree, key, _check_type(key, value, where))
     if tree.get("name") is None:
         tree["name"] = source.stem if source is not None else "default"
     cfg = _wrap(tree)
-    _validate(cfg, source, check_files)
+    _validate(cfg, source, check_files, overridden)
     cfg["_source"] = str(source) if source is not None else None
     return cfg
 
 
-def _validate(cfg: Config, source, check_files: bool) -> None:
+def _validate(cfg: Config, source, check_files: bool, overridden=None) -> None:
     """Cross-field checks and file existence."""
     where = str(source) if source is not None else "config"
     if check_files:
@@ -476,10 +483,45 @@ def _validate(cfg: Config, source, check_files: bool) -> None:
     if cfg.data.format not in readable[cfg.task]:
         raise ConfigError(f"{where}: task '{cfg.task}' does not read data.format "
                           f"'{cfg.data.format}'; it reads {' or '.join(readable[cfg.task])}")
+    _validate_features(cfg, (overridden or {}).get("model.head.features", where))
     if cfg.task == "segmentation":
         _validate_segmentation(cfg, where)
     if cfg.data.format == "tfds" and not cfg.data.tfds.name:
         raise ConfigError(f"{where}: data.format is 'tfds' but key 'data.tfds.name' is not set")
+
+
+def _validate_features(cfg: Config, where: str) -> None:
+    """The backbone exists and the head's taps are layers it has, in an order the head can use;
+    `model.head.features` null becomes the backbone's default taps for the task."""
+    from mobilevision.backbones import BACKBONES
+
+    b = cfg.model.backbone
+    if b.name not in BACKBONES:
+        names = ", ".join(repr(n) for n in BACKBONES)
+        raise ConfigError(f"{where}: key 'model.backbone.name' must be one of {names}, got "
+                          f"{b.name!r}")
+    backbone = BACKBONES[b.name]
+    specs = backbone.feature_specs(b.alpha, b.output_stride)
+    taps = cfg.model.head.features
+    if taps is None:
+        cfg.model.head["features"] = taps = list(backbone.head_taps[cfg.task])
+    key = "model.head.features"
+    for tap in taps:
+        if tap not in specs:
+            close = difflib.get_close_matches(tap, list(specs), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"{where}: key '{key}' names '{tap}', which backbone {b.name} does "
+                              f"not have; {hint}its taps are {', '.join(specs)}")
+    if not taps:
+        raise ConfigError(f"{where}: key '{key}' needs at least one backbone tap")
+    if cfg.task != "detection" and len(taps) != 1:
+        raise ConfigError(f"{where}: key '{key}' names {len(taps)} taps, but the {cfg.task} head "
+                          f"reads one feature map, got {taps}")
+    strides = [specs[t][1] for t in taps]
+    if len(set(taps)) != len(taps) or strides != sorted(strides):
+        shown = ", ".join(f"{t} (stride {s})" for t, s in zip(taps, strides))
+        raise ConfigError(f"{where}: key '{key}' must list distinct taps finest first (strides "
+                          f"not decreasing), got {shown}")
 
 
 def _validate_segmentation(cfg: Config, where: str) -> None:
@@ -498,6 +540,17 @@ def _validate_segmentation(cfg: Config, where: str) -> None:
     if rates is not None and (not rates or min(rates) < 1):
         raise ConfigError(f"{where}: key 'model.head.aspp_rates' expects positive integers, "
                           f"got {rates}")
+    if cfg.model.head.aspp and rates is None:
+        from mobilevision.backbones import BACKBONES
+        from mobilevision.heads.deeplabv3 import DEFAULT_RATES
+
+        b = cfg.model.backbone
+        tap, = cfg.model.head.features
+        stride = BACKBONES[b.name].feature_specs(b.alpha, b.output_stride)[tap][1]
+        if stride not in DEFAULT_RATES:
+            raise ConfigError(f"{where}: the DeepLabv3 head reads '{tap}' at stride {stride}, which "
+                              f"has no default ASPP rates (strides {sorted(DEFAULT_RATES)} do); "
+                              f"set key 'model.head.aspp_rates' or model.head.aspp=false")
     if not 2 <= cfg.model.num_classes <= 255:
         raise ConfigError(f"{where}: key 'model.num_classes' counts the background and must be "
                           f"2..255 for segmentation (label maps are 8-bit, 255 = ignore), got "

@@ -53,3 +53,40 @@ def test_saved_config_reloads_to_the_same_values(tmp_path):
     again = load_config(tmp_path / "config.yaml")
     assert {k: v for k, v in again.to_dict().items() if k != "_source"} == \
         {k: v for k, v in cfg.to_dict().items() if k != "_source"}
+
+
+def test_head_taps_default_per_task_and_are_checked_before_building():
+    """`model.head.features` picks the taps; null is the backbone's default for the task, which
+    the resolved config then names (so the saved run repeats exactly)."""
+    assert load_config("shapes_classifier.yaml").model.head.features == ["out_relu"]
+    assert load_config("shapes_ssdlite.yaml").model.head.features == ["block_13_expand_relu",
+                                                                      "out_relu"]
+    assert load_config("voc_deeplabv3.yaml").model.head.features == ["block_16_project"]
+    cfg = load_config("shapes_ssdlite.yaml", ["model.head.features=[block_6_expand_relu,"
+                                              "block_13_expand_relu,out_relu]"])
+    assert cfg.model.head.features[0] == "block_6_expand_relu"
+
+    with pytest.raises(ConfigError, match=r"override 'model.head.features=\[block_13_expand_rel\]"
+                                          r"': key 'model.head.features' names "
+                                          r"'block_13_expand_rel', which backbone mobilenet_v2 does "
+                                          r"not have; did you mean 'block_13_expand_relu'\? its "
+                                          r"taps are Conv1_relu, expanded_conv_depthwise_relu"):
+        load_config("shapes_ssdlite.yaml", ["model.head.features=[block_13_expand_rel]"])
+    with pytest.raises(ConfigError, match=r"override 'model.head.features=\[block_16_project,"
+                                          r"out_relu\]': key 'model.head.features' names 2 taps, but the classification head reads one"):
+        load_config("shapes_classifier.yaml", ["model.head.features=[block_16_project,out_relu]"])
+    with pytest.raises(ConfigError, match=r"finest first \(strides not decreasing\), got out_relu "
+                                          r"\(stride 32\), block_13_expand_relu \(stride 16\)"):
+        load_config("shapes_ssdlite.yaml", ["model.head.features=[out_relu,block_13_expand_relu]"])
+    with pytest.raises(ConfigError, match=r"key 'model.backbone.name' must be one of "
+                                          r"'mobilenet_v2', got 'mobilenet_v3'"):
+        load_config("shapes_ssdlite.yaml", ["model.backbone.name=mobilenet_v3"])
+
+
+def test_deeplab_tap_without_default_rates_is_refused():
+    with pytest.raises(ConfigError, match=r"reads 'block_3_expand_relu' at stride 4, which has no "
+                                          r"default ASPP rates .* set key 'model.head.aspp_rates'"):
+        load_config("voc_deeplabv3.yaml", ["model.head.features=[block_3_expand_relu]"])
+    cfg = load_config("voc_deeplabv3.yaml", ["model.head.features=[block_3_expand_relu]",
+                                             "model.head.aspp_rates=[24,48,72]"])
+    assert cfg.model.head.aspp_rates == [24, 48, 72]

@@ -1,8 +1,34 @@
-"""Backbones: image -> dict of named feature maps. Registry: name -> builder."""
+"""Backbones: image -> dict of named feature maps. Registry: name -> `Backbone`.
 
-from mobilevision.backbones.mobilenet_v2 import DEFAULT_TAPS, feature_specs, mobilenet_v2
+A backbone module provides three things, which is all a head or a task ever learns about it:
 
-BACKBONES = {"mobilenet_v2": mobilenet_v2}
-FEATURE_SPECS = {"mobilenet_v2": feature_specs}
+- `build(input_shape, alpha, output_stride, taps, bn_momentum, weight_decay)` -> keras.Model from
+  (N, H, W, 3) pixels 0..255 to {tap name: (N, H/stride, W/stride, channels)};
+- `feature_specs(alpha, output_stride)` -> {tap name: (channels, stride)} for every tappable layer,
+  without building anything (configs are checked against it before a model exists);
+- `head_taps`: {task name: the taps that task's head reads by default, finest first};
+- `taps`: the taps worth knowing (`profile` lists them with shapes and strides).
 
-__all__ = ["BACKBONES", "FEATURE_SPECS", "DEFAULT_TAPS", "feature_specs", "mobilenet_v2"]
+Adding a backbone (MobileNetV3, ...) is one module and one line here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from mobilevision.backbones import mobilenet_v2 as _mobilenet_v2
+
+
+class Backbone(NamedTuple):
+    build: Callable
+    feature_specs: Callable
+    head_taps: dict
+    taps: tuple
+
+
+BACKBONES = {
+    "mobilenet_v2": Backbone(_mobilenet_v2.mobilenet_v2, _mobilenet_v2.feature_specs,
+                             _mobilenet_v2.HEAD_TAPS, _mobilenet_v2.DEFAULT_TAPS),
+}
+
+__all__ = ["BACKBONES", "Backbone"]

@@ -22,6 +22,13 @@ STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3,
 DEFAULT_TAPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
                 "block_13_expand_relu", "block_16_project", "out_relu")
 
+# The taps each task's head reads unless `model.head.features` says otherwise (PAPER.md): the
+# classifier pools the last 1x1 conv; SSDLite (Table 6) reads block 13's expansion and the last
+# 1x1 conv; DeepLabv3's MNet V2* (Table 7) the second-to-last map, before the 1280 conv.
+HEAD_TAPS = {"classification": ("out_relu",),
+             "detection": ("block_13_expand_relu", "out_relu"),
+             "segmentation": ("block_16_project",)}
+
 BN_EPSILON = 1e-3
 
 

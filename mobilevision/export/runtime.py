@@ -1,10 +1,11 @@
 """Run an exported file in the runtime an app would use, behind the one method the tasks'
 evaluation calls on a Keras model: `predict_on_batch(images (N, H, W, 3) float32 0..255)`.
 
-What it returns is the task's `from_exported` of the file's outputs, i.e. what the Keras model's
-`predict_on_batch` would give, so the task's own evaluation code runs unchanged (a detector's
-decoded detections pass through `DetectionTask.postprocess`; ONNX files hold the raw outputs and
-return them as they are).
+What it returns is the task's `from_exported` of the file's outputs, in the structure the task's
+evaluation consumes, so that code runs unchanged: a detector's SavedModel and TFLite files
+decoded their detections themselves and hand over `DetectionTask.decode`'s structure, which
+`postprocess` passes through; ONNX files hold the raw outputs, as the Keras model returns them,
+and `postprocess` decodes them with the same `decode`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """DeepLabv3 head (Chen et al. 2017) as the MobileNetV2 paper uses it (Table 7, PAPER.md).
 
-On one feature map (MobileNetV2: `block_16_project`, 320 channels, before the 1280 conv):
+On one feature map (the paper's MNet V2*: the 320-channel map before the 1280 conv; the config
+picks the tap):
 
     1x1 conv branch ─────────────────────────┐
     3x3 atrous branches (ASPP, optional) ────┤ concat ─ 1x1 projection (BN, ReLU) ─ dropout
@@ -15,23 +16,22 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-INPUT_FEATURE = "block_16_project"
-
-# Atrous rates of the three ASPP branches per output stride. 6/12/18 at OS 16 and 12/24/36 at
-# OS 8 are DeepLabv3's; at OS 32 the feature map is half the size of OS 16's, so the rates are
-# halved too (3/6/9) to look at the same image extent. A rate at or above the map size only hits
-# the centre tap and zero padding, so larger rates would turn the branch into a 1x1 conv.
+# Atrous rates of the three ASPP branches per stride of the head's feature map (the backbone's
+# output stride for the default tap). 6/12/18 at stride 16 and 12/24/36 at 8 are DeepLabv3's; at
+# 32 the map is half the size of 16's, so the rates are halved too (3/6/9) to look at the same
+# image extent. A rate at or above the map size only hits the centre tap and zero padding, so
+# larger rates would turn the branch into a 1x1 conv.
 DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
 
 
-def aspp_rates(output_stride: int, rates=None) -> tuple[int, ...]:
-    """The configured `rates`, or DeepLabv3's default for `output_stride` (8, 16 or 32)."""
+def aspp_rates(stride: int, rates=None) -> tuple[int, ...]:
+    """The configured `rates`, or DeepLabv3's default for a feature map of `stride` (8, 16, 32)."""
     if rates:
         return tuple(int(r) for r in rates)
-    if output_stride not in DEFAULT_RATES:
-        raise ValueError(f"no default ASPP rates for output stride {output_stride}; "
+    if stride not in DEFAULT_RATES:
+        raise ValueError(f"no default ASPP rates for a feature map of stride {stride}; "
                          f"expected one of {sorted(DEFAULT_RATES)} or explicit rates")
-    return DEFAULT_RATES[output_stride]
+    return DEFAULT_RATES[stride]
 
 
 def _conv_bn_relu(x, filters, kernel, name, rate=1, momentum=0.9997, reg=None):

@@ -1,9 +1,12 @@
 """SSDLite head (Sandler et al. 2018, section 6.2; TF Object Detection API `ssdlite_mobilenet_v2`).
 
-Two backbone maps (by default `block_13_expand_relu`, stride 16, and `out_relu`, stride 32) are
-followed by four extra layers, each 1x1 (depth/2) -> 3x3 depthwise stride 2 -> 1x1 (depth), all
-with BN + ReLU6. Every one of the six maps gets a box and a class predictor that are depthwise
-separable: 3x3 depthwise + BN + ReLU6, then a 1x1 conv with bias and no activation.
+The backbone maps the config taps (for MobileNetV2 by default block 13's expansion, stride 16,
+and the last 1x1 conv, stride 32, at output stride 32) are followed by four extra layers, each
+1x1 (depth/2) -> 3x3 depthwise stride 2 -> 1x1 (depth), all with BN + ReLU6; the extras halve the
+last tap's map, whatever its stride (at output stride 16 both taps are at stride 16 and the
+extras give 32, 64, 128, 256). Every map gets a box and a class predictor that are depthwise
+separable: 3x3 depthwise + BN + ReLU6, then a 1x1 conv with bias and no activation. The head
+sees only the maps; it never names a backbone layer.
 
 Choices follow the reference implementation (TF OD API `ssd_mobilenet_v2_feature_extractor`,
 `feature_map_generators.multi_resolution_feature_maps`, `ssdlite_mobilenet_v2_coco.config`):
@@ -18,21 +21,17 @@ Choices follow the reference implementation (TF OD API `ssd_mobilenet_v2_feature
 - Kernels start from a truncated normal with stddev 0.03, biases at zero (the config's
   initializer).
 
-Output order, which the anchor generator must share: map by map (the backbone maps in
-`feature_names` order, then the extras), within a map cell by cell row-major (y, then x), within
+Output order, which the anchor generator must share: map by map (the backbone maps in the order
+given, then the extras), within a map cell by cell row-major (y, then x), within
 a cell anchor by anchor. That is what reshaping the (N, h, w, A * k) predictor output to
 (N, h * w * A, k) gives.
 """
 
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import layers
 
-FEATURE_NAMES = ("block_13_expand_relu", "out_relu")
-FEATURE_STRIDES = (16, 32)
 EXTRA_DEPTHS = (512, 256, 256, 128)
 MIN_DEPTH = 16
 BN_MOMENTUM = 0.9997  # ssdlite_mobilenet_v2_coco.config: batch_norm { decay: 0.9997 }
@@ -47,24 +46,6 @@ def extra_layer_depths(depth_multiplier: float = 1.0, extra_depths=EXTRA_DEPTHS,
     def depth_fn(depth):
         return max(int(depth * depth_multiplier), min_depth)
     return [(depth_fn(d / 2), depth_fn(d)) for d in extra_depths]
-
-
-def feature_map_sizes(input_size, strides=FEATURE_STRIDES,
-                      num_extra: int = len(EXTRA_DEPTHS)) -> list[tuple[int, int]]:
-    """(h, w) of every predictor map for an input of `input_size` = (H, W) pixels.
-
-    `strides` are those of the backbone maps fed to the head (16 and 32 for the defaults); a
-    backbone that halves with "SAME"-style padding gives ceil(H / stride), and each extra layer
-    halves again rounding up. For H, W multiples of 32 this is H/16, H/32, H/64, ... The result
-    equals what `ssdlite_head` returns for a model built at that size, so anchors can be made for
-    any input size without building a model.
-    """
-    h, w = (int(s) for s in input_size)
-    sizes = [(math.ceil(h / s), math.ceil(w / s)) for s in strides]
-    for _ in range(num_extra):
-        ph, pw = sizes[-1]
-        sizes.append((math.ceil(ph / 2), math.ceil(pw / 2)))
-    return sizes
 
 
 def _bn(momentum, name):
@@ -102,20 +83,19 @@ def _join(parts, name):
     return layers.Concatenate(axis=1, dtype="float32", name=name)(parts)
 
 
-def ssdlite_head(features: dict, num_classes: int, num_anchors, feature_names=FEATURE_NAMES,
-                 extra_depths=EXTRA_DEPTHS, depth_multiplier: float = 1.0,
-                 min_depth: int = MIN_DEPTH, bn_momentum: float = BN_MOMENTUM,
-                 weight_decay: float = 0.0):
+def ssdlite_head(features, num_classes: int, anchor_generator, extra_depths=EXTRA_DEPTHS,
+                 depth_multiplier: float = 1.0, min_depth: int = MIN_DEPTH,
+                 bn_momentum: float = BN_MOMENTUM, weight_decay: float = 0.0):
     """Build the SSDLite head on backbone feature maps.
 
     Args:
-      features: {name: (N, h, w, C)} from a backbone; `features[n]` for n in `feature_names`
-        are used, in that order (highest resolution first).
+      features: list of (N, h, w, C) maps with static h and w, finest first; the extra layers
+        continue from the last one.
       num_classes: object classes, without background. The class predictor has
         num_classes + 1 outputs per anchor; index 0 is background (softmax).
-      num_anchors: anchors per location for each of the len(feature_names) + len(extra_depths)
-        maps, as the anchor generator reports them ([3, 6, 6, 6, 6, 6] for the recipe).
-      feature_names: which backbone maps feed the head.
+      anchor_generator: gives the anchors per location of each map,
+        `num_anchors_per_location(num_maps)` ([3, 6, 6, 6, 6, 6] for the recipe's six maps);
+        never configured by hand, so predictors and anchors agree.
       extra_depths: nominal output depths of the extra layers (the 1x1 before the depthwise
         has half of each).
       depth_multiplier: the backbone's width multiplier alpha; extra depths become
@@ -130,22 +110,18 @@ def ssdlite_head(features: dict, num_classes: int, num_anchors, feature_names=FE
       - outputs: {"boxes": (N, A, 4) box encodings, "classes": (N, A, num_classes + 1) logits},
         both float32 even under mixed precision; A = sum(h * w * anchors) over the maps, in the
         order of the module docstring.
-      - sizes: [(h, w)] of the maps the predictors run on (None where a dimension is not known
-        when the model is built).
+      - sizes: [(h, w)] of every map the predictors run on, the backbone maps then the extras:
+        what the anchors are made from.
     """
-    num_maps = len(feature_names) + len(extra_depths)
-    num_anchors = [int(a) for a in num_anchors]
-    if len(num_anchors) != num_maps:
-        raise ValueError(f"num_anchors has {len(num_anchors)} entries for {num_maps} feature "
-                         f"maps ({len(feature_names)} backbone maps + {len(extra_depths)} extra "
-                         f"layers)")
-    missing = [n for n in feature_names if n not in features]
-    if missing:
-        raise ValueError(f"features lack {missing}; got {sorted(features)}")
+    maps = list(features)
+    if not maps:
+        raise ValueError("ssdlite_head needs at least one feature map")
+    if any(m.shape[1] is None or m.shape[2] is None for m in maps):
+        raise ValueError("ssdlite_head needs feature maps with a static size; build the model "
+                         "with a fixed input size")
     reg = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
     init = keras.initializers.TruncatedNormal(mean=0.0, stddev=0.03)
 
-    maps = [features[n] for n in feature_names]
     x = maps[-1]
     depths = extra_layer_depths(depth_multiplier, extra_depths, min_depth)
     for i, (mid, depth) in enumerate(depths, 1):
@@ -155,6 +131,7 @@ def ssdlite_head(features: dict, num_classes: int, num_anchors, feature_names=FE
         x = _conv_bn_relu(x, depth, f"{p}_project", bn_momentum, reg, init)
         maps.append(x)
 
+    num_anchors = [int(a) for a in anchor_generator.num_anchors_per_location(len(maps))]
     boxes, classes = [], []
     for k, (fmap, anchors) in enumerate(zip(maps, num_anchors)):
         boxes.append(_predictor(fmap, "box", k, BOX_CODE_SIZE, anchors, bn_momentum, reg, init))
@@ -163,5 +140,5 @@ def ssdlite_head(features: dict, num_classes: int, num_anchors, feature_names=FE
     # float32 outputs under mixed precision: the Concatenate casts its inputs (softmax and the
     # smooth-L1 loss then run in float32).
     outputs = {"boxes": _join(boxes, "boxes"), "classes": _join(classes, "classes")}
-    sizes = [(m.shape[1], m.shape[2]) for m in maps]
+    sizes = [(int(m.shape[1]), int(m.shape[2])) for m in maps]
     return outputs, sizes

@@ -99,3 +99,31 @@ def ssd_anchors(feature_sizes, min_scale: float = 0.2, max_scale: float = 0.95,
     layers = [grid_anchors(int(h), int(w), layer_specs, base_size)
               for (h, w), layer_specs in zip(feature_sizes, specs)]
     return np.concatenate(layers, axis=0).astype(np.float32)
+
+
+class SSDAnchorGenerator:
+    """The SSD anchor recipe for any number of maps: what a detector head and its task share.
+
+    `num_anchors_per_location(num_maps)` sizes the head's predictors; calling the generator with
+    the (h, w) of the maps the head actually built gives the anchors in the head's output order.
+    Both come from `box_specs`, so a head and its anchors cannot disagree.
+    """
+
+    def __init__(self, min_scale: float = 0.2, max_scale: float = 0.95,
+                 aspect_ratios=ASPECT_RATIOS, interpolated_scale_aspect_ratio: float = 1.0,
+                 reduce_boxes_in_lowest_layer: bool = True):
+        self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
+        self.interpolated_scale_aspect_ratio = float(interpolated_scale_aspect_ratio)
+        self.reduce_boxes_in_lowest_layer = bool(reduce_boxes_in_lowest_layer)
+
+    def num_anchors_per_location(self, num_maps: int) -> list[int]:
+        return num_anchors_per_location(num_maps, self.aspect_ratios,
+                                        self.interpolated_scale_aspect_ratio,
+                                        self.reduce_boxes_in_lowest_layer)
+
+    def __call__(self, feature_sizes, image_size=None) -> np.ndarray:
+        """feature_sizes [(h, w)] finest first, image_size (H, W) pixels -> (A, 4) float32."""
+        return ssd_anchors(feature_sizes, self.min_scale, self.max_scale, self.aspect_ratios,
+                           self.interpolated_scale_aspect_ratio, self.reduce_boxes_in_lowest_layer,
+                           image_size=image_size)

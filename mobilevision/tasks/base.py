@@ -6,7 +6,7 @@ from pathlib import Path
 
 import keras
 
-from mobilevision.backbones import BACKBONES, DEFAULT_TAPS
+from mobilevision.backbones import BACKBONES
 
 
 def kernel_weight_decay(cfg) -> float:
@@ -14,15 +14,28 @@ def kernel_weight_decay(cfg) -> float:
     return 0.0 if cfg.train.optimizer.name == "adamw" else cfg.train.weight_decay
 
 
+def head_taps(cfg) -> list[tuple[str, int, int]]:
+    """The backbone taps the task's head reads, finest first: [(name, channels, stride)].
+
+    The names are `model.head.features` (the config loader fills in the backbone's default for
+    the task and checks them); channels and strides are the backbone's `feature_specs`."""
+    b = cfg.model.backbone
+    specs = BACKBONES[b.name].feature_specs(b.alpha, b.output_stride)
+    return [(name, *specs[name]) for name in cfg.model.head.features]
+
+
 def build_backbone(cfg, taps=None) -> keras.Model:
     """The backbone of `cfg.model.backbone`, with its weights file loaded by layer name.
 
+    taps: the layer names to return (default: the head's, `model.head.features`).
     Returns keras.Model: (N, H, W, 3) pixels 0..255 -> {tap: (N, H/s, W/s, C)}."""
     b = cfg.model.backbone
     h, w = cfg.model.input_size
-    model = BACKBONES[b.name](input_shape=(h, w, 3), alpha=b.alpha, output_stride=b.output_stride,
-                              taps=tuple(taps or DEFAULT_TAPS), bn_momentum=b.bn_momentum,
-                              weight_decay=kernel_weight_decay(cfg))
+    model = BACKBONES[b.name].build(input_shape=(h, w, 3), alpha=b.alpha,
+                                    output_stride=b.output_stride,
+                                    taps=tuple(taps or cfg.model.head.features),
+                                    bn_momentum=b.bn_momentum,
+                                    weight_decay=kernel_weight_decay(cfg))
     if b.weights:
         from mobilevision.backbones.weights import load_weights_by_name
 
@@ -130,6 +143,12 @@ class Task:
             self.compile(local, steps_per_epoch=1)  # evaluation reads the compiled loss
         local.set_weights(model.get_weights())
         return local
+
+    def feature_maps(self) -> list[dict]:
+        """What `profile` shows of the head's input: per map its name, [h, w] and stride."""
+        h, w = self.cfg.model.input_size
+        return [{"name": name, "size": [h // stride, w // stride], "channels": channels,
+                 "stride": stride} for name, channels, stride in head_taps(self.cfg)]
 
     def callbacks(self, run_dir) -> list:
         """Extra callbacks, run before the checkpoint callback reads the epoch's logs."""

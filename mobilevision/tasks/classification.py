@@ -7,8 +7,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from mobilevision.heads.classifier import INPUT_FEATURE, classifier_head
-from mobilevision.tasks.base import Task, build_backbone, kernel_weight_decay
+from mobilevision.heads.classifier import classifier_head
+from mobilevision.tasks.base import Task, build_backbone, head_taps, kernel_weight_decay
 from mobilevision.tasks.optim import build_optimizer
 
 
@@ -26,10 +26,10 @@ class ClassificationTask(Task):
     # Model -------------------------------------------------------------------------------------
     def _build_model(self) -> keras.Model:
         cfg = self.cfg
-        backbone = build_backbone(cfg, taps=[INPUT_FEATURE])
+        (tap, _, _), = head_taps(cfg)
         image = keras.Input(shape=(*cfg.model.input_size, 3), name="image")
-        probs = classifier_head(backbone(image), cfg.model.num_classes, cfg.model.head.dropout,
-                                kernel_weight_decay(cfg))
+        probs = classifier_head(build_backbone(cfg)(image)[tap], cfg.model.num_classes,
+                                cfg.model.head.dropout, kernel_weight_decay(cfg))
         return keras.Model(image, probs, name=f"{cfg.model.backbone.name}_classifier")
 
     def compile(self, model, steps_per_epoch):

@@ -1,7 +1,8 @@
-"""Object detection: MobileNetV2 + SSDLite, anchors matched in the input pipeline, COCO mAP.
+"""Object detection: a backbone + SSDLite, anchors matched in the input pipeline, COCO mAP.
 
 Model outputs raw tensors ({"boxes": (N, A, 4) box-coder codes, "classes": (N, A, K+1)
-logits}); target encoding happens in tf.data; decoding and per-class NMS in `postprocess`.
+logits}); target encoding happens in tf.data; decoding and per-class NMS once, in `decode`
+(TensorFlow ops), which evaluation, predict and the SavedModel share.
 Boxes inside the pipeline are [ymin, xmin, ymax, xmax] normalized to the image.
 """
 
@@ -13,9 +14,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from mobilevision.heads.ssdlite import FEATURE_NAMES, feature_map_sizes, ssdlite_head
-from mobilevision.ops import anchors as anchor_ops
-from mobilevision.tasks.base import Task, build_backbone, kernel_weight_decay
+from mobilevision.heads.ssdlite import ssdlite_head
+from mobilevision.ops.anchors import SSDAnchorGenerator
+from mobilevision.tasks.base import Task, build_backbone, head_taps, kernel_weight_decay
 from mobilevision.tasks.optim import build_optimizer
 
 # ssd_random_crop of the TF OD API: one of these minimum object coverages per example.
@@ -49,35 +50,64 @@ class DetectionTask(Task):
         self._datasets = {}
         self._evaluators = {}
         self._tfds = {}
+        self._map_sizes = None
         self._anchors = None
+        self._decode_fn = None
+        a = cfg.model.head.anchors
+        self.anchor_generator = SSDAnchorGenerator(a.min_scale, a.max_scale, a.aspect_ratios)
 
     # Anchors and model -------------------------------------------------------------------------
     @property
-    def feature_sizes(self):
-        return feature_map_sizes(tuple(self.cfg.model.input_size))
+    def feature_sizes(self) -> list[tuple[int, int]]:
+        """(h, w) of every map the head predicts on, as the head built them (a model is built
+        once to learn them when none has been yet)."""
+        if self._map_sizes is None:
+            self._build_model()
+        return self._map_sizes
 
     def anchors(self) -> np.ndarray:
-        """(A, 4) anchors in the order of the head's outputs; computed once, since post-processing
-        of every batch needs them."""
+        """(A, 4) anchors in the order of the head's outputs, made from the maps the head built;
+        computed once, since target encoding and decoding need them."""
         if self._anchors is None:
-            a = self.cfg.model.head.anchors
-            h, w = self.cfg.model.input_size
-            self._anchors = anchor_ops.ssd_anchors(self.feature_sizes, a.min_scale, a.max_scale,
-                                                   tuple(a.aspect_ratios), image_size=(h, w))
+            self._anchors = self.anchor_generator(self.feature_sizes,
+                                                  tuple(self.cfg.model.input_size))
         return self._anchors
 
     def num_anchors(self) -> list[int]:
-        a = self.cfg.model.head.anchors
-        return anchor_ops.num_anchors_per_location(len(self.feature_sizes), tuple(a.aspect_ratios))
+        """Anchors per location of each map the head predicts on."""
+        return self.anchor_generator.num_anchors_per_location(len(self.feature_sizes))
+
+    def feature_maps(self) -> list[dict]:
+        """Every map the head predicts on, the backbone taps then the extra layers, with its
+        [h, w], stride (input height / h, so 320 px over 3 rows is 106.7) and anchors: what
+        `profile` shows."""
+        h, _ = self.cfg.model.input_size
+        taps = super().feature_maps()
+        extras = [{"name": f"ssd_extra_{i}"} for i in range(1, len(self.feature_sizes) - len(taps) + 1)]
+        maps = []
+        for m, (mh, mw), n in zip(taps + extras, self.feature_sizes, self.num_anchors()):
+            maps.append({"name": m["name"], "size": [mh, mw], "stride": round(h / mh, 2),
+                         "anchors_per_location": n, "anchors": mh * mw * n})
+        return maps
 
     def _build_model(self) -> keras.Model:
         cfg = self.cfg
-        backbone = build_backbone(cfg, taps=list(FEATURE_NAMES))
         image = keras.Input(shape=(*cfg.model.input_size, 3), name="image")
-        outputs, _ = ssdlite_head(backbone(image), cfg.model.num_classes, self.num_anchors(),
-                                  depth_multiplier=cfg.model.backbone.alpha,
-                                  bn_momentum=cfg.model.head.bn_momentum,
-                                  weight_decay=kernel_weight_decay(cfg))
+        maps = build_backbone(cfg)(image)
+        outputs, sizes = ssdlite_head([maps[name] for name, _, _ in head_taps(cfg)],
+                                      cfg.model.num_classes, self.anchor_generator,
+                                      depth_multiplier=cfg.model.backbone.alpha,
+                                      bn_momentum=cfg.model.head.bn_momentum,
+                                      weight_decay=kernel_weight_decay(cfg))
+        # The one place anchors meet the head: the maps it built decide both, and the head's
+        # output count is checked against them.
+        per_location = self.anchor_generator.num_anchors_per_location(len(sizes))
+        count = sum(h * w * n for (h, w), n in zip(sizes, per_location))
+        if outputs["boxes"].shape[1] != count:  # pragma: no cover - a head / generator bug
+            raise AssertionError(f"the head returns {outputs['boxes'].shape[1]} boxes but its "
+                                 f"maps {sizes} have {count} anchors")
+        if self._map_sizes is None:
+            self._map_sizes = sizes
         return SSDModel(image, outputs, name=f"{cfg.model.backbone.name}_ssdlite")
 
     def compile(self, model, steps_per_epoch):
@@ -189,35 +219,7 @@ class DetectionTask(Task):
         ds = ds.batch(cfg.train.batch_size, drop_remainder=n >= cfg.train.batch_size)
         return ds.prefetch(AUTOTUNE).with_options(options()), n
 
-    # Post-processing, evaluation, prediction -----------------------------------------------------
-    def postprocess(self, outputs):
-        """Raw outputs -> (boxes (B, D, 4) normalized yxyx, scores (B, D), labels (B, D) 1..K,
-        counts (B,)), after decoding and per-class NMS (IoU, score threshold and max detections
-        from `model.head.*`). Outputs an exported file already decoded (`export.runtime`) pass
-        through, clipped."""
-        from mobilevision.ops import box_coder
-        from mobilevision.ops.boxes import clip_boxes
-        from mobilevision.ops.nms import multiclass_nms
-
-        if "num_detections" in outputs:
-            # Already decoded by an exported file (export.runtime). TFLite's op runs NMS on
-            # unclipped boxes and never clips; clip its results as this path clips its own.
-            return (np.clip(outputs["detection_boxes"], 0.0, 1.0), outputs["detection_scores"],
-                    outputs["detection_classes"], outputs["num_detections"])
-        h = self.cfg.model.head
-        boxes = clip_boxes(box_coder.decode(np.asarray(outputs["boxes"]), self.anchors()))
-        logits = np.asarray(outputs["classes"], np.float32)
-        if h.loss == "focal":
-            scores = 1.0 / (1.0 + np.exp(-logits[..., 1:]))
-        else:
-            e = np.exp(logits - logits.max(-1, keepdims=True))
-            scores = (e / e.sum(-1, keepdims=True))[..., 1:]
-        out = multiclass_nms(boxes, scores, iou_threshold=h.nms_iou,
-                             score_threshold=h.score_threshold, max_detections=h.max_detections,
-                             max_per_class=h.max_detections)
-        return tuple(np.asarray(t) for t in out)
-
-    # Export --------------------------------------------------------------------------------------
+    # Decoding: one body, in TensorFlow ops, for evaluation, predict and every export ----------
     def class_probabilities(self, logits):
         """Class logits (N, A, K+1) tensor -> probabilities as trained: sigmoid for the focal
         loss, else softmax. Column 0 is background."""
@@ -227,10 +229,13 @@ class DetectionTask(Task):
             return tf.sigmoid(logits)
         return tf.nn.softmax(logits, axis=-1)
 
-    def export_outputs(self, model, images):
-        """-> {"boxes" (N, D, 4) normalized yxyx, "classes" (N, D) int32 0-based (index into
-        labels.txt), "scores" (N, D), "count" (N,)}: the decode, clipping and per-class NMS of
-        `postprocess`, in TensorFlow ops."""
+    def decode(self, raw) -> dict:
+        """The model's raw outputs {"boxes": (N, A, 4) codes, "classes": (N, A, K+1) logits}
+        (tensors or arrays) -> the detections {"boxes" (N, D, 4) normalized yxyx clipped to the
+        image, "classes" (N, D) int32 0-based (index into labels.txt), "scores" (N, D),
+        "count" (N,)}: box decoding and per-class NMS (`model.head` IoU, score threshold and
+        max detections), as TensorFlow ops. This is what a SavedModel returns and what evaluation
+        and predict consume."""
         import tensorflow as tf
 
         from mobilevision.ops import box_coder
@@ -238,13 +243,32 @@ class DetectionTask(Task):
         from mobilevision.ops.nms import multiclass_nms
 
         h = self.cfg.model.head
-        out = model(images, training=False)
-        boxes = clip_boxes(box_coder.decode(out["boxes"], tf.constant(self.anchors())))
-        scores = self.class_probabilities(out["classes"])[..., 1:]
+        codes = tf.convert_to_tensor(raw["boxes"], tf.float32)
+        boxes = clip_boxes(box_coder.decode(codes, tf.constant(self.anchors())))
+        scores = self.class_probabilities(tf.convert_to_tensor(raw["classes"], tf.float32))[..., 1:]
         boxes, scores, classes, count = multiclass_nms(
             boxes, scores, iou_threshold=h.nms_iou, score_threshold=h.score_threshold,
             max_detections=h.max_detections, max_per_class=h.max_detections, label_offset=0)
         return {"boxes": boxes, "classes": classes, "scores": scores, "count": count}
+
+    def postprocess(self, outputs) -> dict:
+        """What a model's `predict_on_batch` returns -> the detections of `decode` as numpy.
+
+        Raw outputs (the Keras model, an ONNX file) are decoded by `decode` (traced once); a
+        SavedModel or TFLite file decoded them itself (export.runtime hands them over in the
+        same structure), so they pass through."""
+        if "count" not in outputs:
+            if self._decode_fn is None:
+                import tensorflow as tf
+
+                self._decode_fn = tf.function(self.decode, reduce_retracing=True)
+            outputs = self._decode_fn({"boxes": outputs["boxes"], "classes": outputs["classes"]})
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    # Export --------------------------------------------------------------------------------------
+    def export_outputs(self, model, images):
+        """-> `decode` of the model's outputs (TensorFlow ops, traced into the SavedModel)."""
+        return self.decode(model(images, training=False))
 
     def tflite_outputs(self, model, images, nms="regular"):
         """-> the same names from TFLite's TFLite_Detection_PostProcess op (classes as float),
@@ -264,11 +288,13 @@ class DetectionTask(Task):
         return {"boxes": boxes, "classes": classes, "scores": scores, "count": count}
 
     def from_exported(self, outputs):
-        """-> the decoded detections `postprocess` passes through (labels 1..K)."""
-        return {"detection_boxes": np.asarray(outputs["boxes"], np.float32),
-                "detection_scores": np.asarray(outputs["scores"], np.float32),
-                "detection_classes": np.asarray(outputs["classes"]).astype(np.int32) + 1,
-                "num_detections": np.asarray(outputs["count"]).astype(np.int32).reshape(-1)}
+        """A SavedModel's or TFLite file's detections -> `decode`'s structure and types. TFLite's
+        op runs NMS on unclipped boxes and never clips; its boxes are clipped as `decode`
+        clips before NMS."""
+        return {"boxes": np.clip(np.asarray(outputs["boxes"], np.float32), 0.0, 1.0),
+                "classes": np.asarray(outputs["classes"]).astype(np.int32),
+                "scores": np.asarray(outputs["scores"], np.float32),
+                "count": np.asarray(outputs["count"]).astype(np.int32).reshape(-1)}
 
     def detect(self, model, split: str) -> tuple[list[dict], list[int]]:
         """Run on a split -> (COCO-results dicts in the dataset's category ids and original
@@ -280,15 +306,16 @@ class DetectionTask(Task):
         ds, _ = self.build_dataset(split, training=False)
         results, read = [], []
         for images, indices, ok in ds:
-            boxes, scores, labels, counts = self.postprocess(model.predict_on_batch(images))
+            d = self.postprocess(model.predict_on_batch(images))
             for i, index in enumerate(indices.numpy()):
                 if not ok[i]:
                     continue
                 r = coco.records[index]
                 read.append(r.image_id)
-                c = int(counts[i])
-                results += detections_to_coco(r.image_id, boxes[i, :c], scores[i, :c],
-                                              labels[i, :c], r.width, r.height, coco.category_ids)
+                c = int(d["count"][i])
+                results += detections_to_coco(r.image_id, d["boxes"][i, :c], d["scores"][i, :c],
+                                              d["classes"][i, :c] + 1, r.width, r.height,
+                                              coco.category_ids)
         return results, read
 
     def evaluate(self, model, split, out_dir=None):
@@ -324,13 +351,14 @@ class DetectionTask(Task):
         names = class_names or self.class_names
         h, w = image.shape[:2]
         x = tf.image.resize(tf.cast(image, tf.float32), tuple(self.cfg.model.input_size))[None]
-        boxes, scores, labels, counts = self.postprocess(model.predict_on_batch(x))
+        d = self.postprocess(model.predict_on_batch(x))
+        c = int(d["count"][0])
         canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         dets = []
-        for box, score, label in zip(boxes[0, :counts[0]], scores[0, :counts[0]], labels[0, :counts[0]]):
+        for box, score, k in zip(d["boxes"][0, :c], d["scores"][0, :c], d["classes"][0, :c]):
             y0, x0, y1, x1 = box * [h, w, h, w]
-            name = names[int(label) - 1]
-            dets.append({"class": name, "label": int(label), "score": float(score),
+            name = names[int(k)]
+            dets.append({"class": name, "label": int(k) + 1, "score": float(score),
                          "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
             if score >= self.cfg.model.head.draw_threshold:
                 p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))

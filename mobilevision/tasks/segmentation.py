@@ -16,10 +16,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from mobilevision.backbones import FEATURE_SPECS
 from mobilevision.data.segmentation import IGNORE_LABEL
-from mobilevision.heads.deeplabv3 import INPUT_FEATURE, aspp_rates, deeplabv3_head
-from mobilevision.tasks.base import Task, build_backbone, kernel_weight_decay
+from mobilevision.heads.deeplabv3 import aspp_rates, deeplabv3_head
+from mobilevision.tasks.base import Task, build_backbone, head_taps, kernel_weight_decay
 from mobilevision.tasks.optim import build_optimizer
 
 _EMPTY_IMAGE = np.zeros((1, 1, 3), np.uint8)
@@ -58,11 +57,10 @@ class SegmentationTask(Task):
             cfg["model"]["input_size"] = list(input_size)
             cfg["model"]["backbone"]["weights"] = None  # the caller copies all weights over
         b, h = cfg.model.backbone, cfg.model.head
-        backbone = build_backbone(cfg, taps=[INPUT_FEATURE])
-        stride = FEATURE_SPECS[b.name](b.alpha, b.output_stride)[INPUT_FEATURE][1]
+        (tap, _, stride), = head_taps(cfg)
         image = keras.Input(shape=(*cfg.model.input_size, 3), name="image")
-        logits = deeplabv3_head(backbone(image)[INPUT_FEATURE], stride, cfg.model.num_classes,
-                                aspp=h.aspp, rates=aspp_rates(b.output_stride, h.aspp_rates),
+        logits = deeplabv3_head(build_backbone(cfg)(image)[tap], stride, cfg.model.num_classes,
+                                aspp=h.aspp, rates=aspp_rates(stride, h.aspp_rates),
                                 channels=h.channels, dropout=h.dropout,
                                 bn_momentum=h.bn_momentum, weight_decay=kernel_weight_decay(cfg))
         return keras.Model(image, logits, name=f"{b.name}_deeplabv3")

@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 
 from mobilevision.backbones.mobilenet_v2 import mobilenet_v2
-from mobilevision.heads.ssdlite import (FEATURE_NAMES, extra_layer_depths, feature_map_sizes,
-                                        ssdlite_head)
+from mobilevision.heads.ssdlite import extra_layer_depths, ssdlite_head
+from mobilevision.ops.anchors import SSDAnchorGenerator
 from mobilevision.profile import profile_model
 
 RECIPE_ANCHORS = [3, 6, 6, 6, 6, 6]  # 3 on the lowest map, 6 elsewhere (reference recipe)
+TAPS = ("block_13_expand_relu", "out_relu")  # the paper's taps (PAPER.md, SSDLite)
 
 
-def _detector(size, alpha, num_classes, num_anchors=RECIPE_ANCHORS):
-    backbone = mobilenet_v2((*size, 3), alpha=alpha, taps=FEATURE_NAMES)
-    outputs, sizes = ssdlite_head(backbone.output, num_classes, num_anchors,
-                                  depth_multiplier=alpha)
+def _detector(size, alpha, num_classes, output_stride=32):
+    backbone = mobilenet_v2((*size, 3), alpha=alpha, output_stride=output_stride, taps=TAPS)
+    outputs, sizes = ssdlite_head([backbone.output[t] for t in TAPS], num_classes,
+                                  SSDAnchorGenerator(), depth_multiplier=alpha)
     return keras.Model(backbone.input, outputs, name="ssdlite"), sizes
 
 
@@ -27,8 +28,7 @@ def _num_anchors(sizes, num_anchors=RECIPE_ANCHORS):
 
 def _tiny_features():
     """Stand-in backbone maps: the head only sees shapes."""
-    return {"block_13_expand_relu": keras.Input((8, 8, 24), name="block_13_expand_relu"),
-            "out_relu": keras.Input((4, 4, 32), name="out_relu")}
+    return [keras.Input((8, 8, 24), name="fine"), keras.Input((4, 4, 32), name="coarse")]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,6 @@ def coco320():
 def test_coco_320_shapes(coco320):
     model, sizes = coco320
     assert sizes == [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
-    assert sizes == feature_map_sizes((320, 320))
     anchors = 3 * 400 + 6 * (100 + 25 + 9 + 4 + 1)
     assert anchors == _num_anchors(sizes) == 2034
     out = model(np.zeros((1, 320, 320, 3), "float32"))
@@ -70,7 +69,6 @@ def test_coco_320_matches_paper_and_reference_build(coco320):
 @pytest.mark.parametrize("size", [(256, 384), (300, 300)])
 def test_any_input_size(size):
     model, sizes = _detector(size, 0.35, 5)
-    assert sizes == feature_map_sizes(size)
     if size == (256, 384):
         assert sizes == [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]
     else:  # not a multiple of 32: every halving rounds up, as "SAME" padding does
@@ -117,7 +115,7 @@ def test_float32_outputs_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         features = _tiny_features()
-        outputs, _ = ssdlite_head(features, 2, RECIPE_ANCHORS, extra_depths=(32, 32, 32, 32))
+        outputs, _ = ssdlite_head(features, 2, SSDAnchorGenerator(), extra_depths=(32, 32, 32, 32))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert outputs["boxes"].dtype == "float32" and outputs["classes"].dtype == "float32"
@@ -125,13 +123,38 @@ def test_float32_outputs_under_mixed_precision():
 
 def test_config_round_trip_and_errors():
     features = _tiny_features()
-    outputs, _ = ssdlite_head(features, 2, RECIPE_ANCHORS, weight_decay=4e-5)
+    outputs, _ = ssdlite_head(features, 2, SSDAnchorGenerator(), weight_decay=4e-5)
     model = keras.Model(features, outputs)
     clone = keras.Model.from_config(model.get_config())
     assert clone.count_params() == model.count_params()
     assert [l.name for l in clone.layers] == [l.name for l in model.layers]
     assert len(model.losses) > 0  # weight decay reaches the head's kernels
-    with pytest.raises(ValueError, match="num_anchors has 5 entries for 6"):
-        ssdlite_head(features, 2, [3, 6, 6, 6, 6])
-    with pytest.raises(ValueError, match="features lack"):
-        ssdlite_head({"out_relu": features["out_relu"]}, 2, RECIPE_ANCHORS)
+    with pytest.raises(ValueError, match="at least one feature map"):
+        ssdlite_head([], 2, SSDAnchorGenerator())
+    with pytest.raises(ValueError, match="static size"):
+        ssdlite_head([keras.Input((None, None, 8))], 2, SSDAnchorGenerator())
+
+
+@pytest.mark.parametrize("output_stride, sizes", [
+    # Both taps at the output stride; the extras halve from there: 16, 32, 64, 128 at OS 16.
+    (16, [(8, 12), (8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]),
+    (8, [(16, 24), (16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]),
+])
+def test_extra_layers_downsample_from_the_last_taps_stride(output_stride, sizes):
+    model, got = _detector((128, 192), 0.35, 3, output_stride=output_stride)
+    assert got == sizes
+    n = sum(h * w * a for (h, w), a in zip(sizes, RECIPE_ANCHORS))
+    assert tuple(model.output["boxes"].shape) == (None, n, 4)
+    assert len(SSDAnchorGenerator()(got, (128, 192))) == n
+
+
+def test_one_map_and_three_maps():
+    """Any number of taps: the anchors per location follow the number of maps."""
+    one = [keras.Input((8, 8, 16))]
+    outputs, sizes = ssdlite_head(one, 2, SSDAnchorGenerator(), extra_depths=(32,))
+    assert sizes == [(8, 8), (4, 4)]
+    assert outputs["classes"].shape[1] == 8 * 8 * 3 + 4 * 4 * 6
+    three = [keras.Input((16, 16, 8)), keras.Input((8, 8, 16)), keras.Input((4, 4, 16))]
+    outputs, sizes = ssdlite_head(three, 2, SSDAnchorGenerator(), extra_depths=())
+    assert sizes == [(16, 16), (8, 8), (4, 4)]
+    assert outputs["boxes"].shape[1] == 16 * 16 * 3 + 6 * (64 + 16)

@@ -98,12 +98,12 @@ def test_perfect_outputs_decode_to_ap_1(shapes_det):
         box_t, cls_t = (np.asarray(t) for t in encode_targets(anchors, r.boxes, r.labels))
         logits = np.full((len(anchors), 6), -10.0, np.float32)
         logits[np.arange(len(anchors)), np.maximum(cls_t, 0)] = 10.0
-        boxes, scores, labels, counts = task.postprocess(
-            {"boxes": box_t[None], "classes": logits[None]})
-        c = int(counts[0])
-        detections += detections_to_coco(r.image_id, boxes[0, :c], scores[0, :c], labels[0, :c],
-                                          r.width, r.height, coco.category_ids)
-    metrics = CocoEvaluator(coco.annotation_file).evaluate(detections)
+        d = task.postprocess({"boxes": box_t[None], "classes": logits[None]})
+        c = int(d["count"][0])
+        detections += detections_to_coco(r.image_id, d["boxes"][0, :c], d["scores"][0, :c],
+                                          d["classes"][0, :c] + 1, r.width, r.height,
+                                          coco.category_ids)
+    metrics = CocoEvaluator(coco.instances).evaluate(detections)
     assert metrics["AP50"] == pytest.approx(1.0)
     assert metrics["AP"] > 0.95  # box codes survive the round trip to pixels
 
