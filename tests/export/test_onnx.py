@@ -107,7 +107,9 @@ def test_list_outputs_keep_their_order_and_given_names(tmp_path):
     got, want = onnx_model.predict_on_batch(x), model.predict_on_batch(x)
     assert isinstance(got, list) and onnx_model.output_names == ["map", "mean"]
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=0, atol=ATOL)
+        # Outputs reach a few hundred (unseeded weights, pixels 0..255): float32 rounding of a
+        # sum in another order is relative, ~1e-7 of the value (measured 1.2e-4 at -296.8).
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=ATOL)
 
 
 def test_export_replaces_the_file_and_leaves_no_temporary(tmp_path):
