@@ -27,13 +27,14 @@ def head_taps(cfg) -> list[tuple[str, int, int]]:
 def build_backbone(cfg, taps=None) -> keras.Model:
     """The backbone of `cfg.model.backbone`, with its weights file loaded by layer name.
 
-    taps: the layer names to return (default: the head's, `model.head.features`).
+    taps: the layer names to return (default: the backbone's useful taps, `Backbone.taps`;
+      a task passes its head's, `model.head.features`, so layers after them are not built).
     Returns keras.Model: (N, H, W, 3) pixels 0..255 -> {tap: (N, H/s, W/s, C)}."""
     b = cfg.model.backbone
     h, w = cfg.model.input_size
     model = BACKBONES[b.name].build(input_shape=(h, w, 3), alpha=b.alpha,
                                     output_stride=b.output_stride,
-                                    taps=tuple(taps or cfg.model.head.features),
+                                    taps=tuple(taps or BACKBONES[b.name].taps),
                                     bn_momentum=b.bn_momentum,
                                     weight_decay=kernel_weight_decay(cfg))
     if b.weights:

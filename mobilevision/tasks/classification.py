@@ -28,7 +28,7 @@ class ClassificationTask(Task):
         cfg = self.cfg
         (tap, _, _), = head_taps(cfg)
         image = keras.Input(shape=(*cfg.model.input_size, 3), name="image")
-        probs = classifier_head(build_backbone(cfg)(image)[tap], cfg.model.num_classes,
+        probs = classifier_head(build_backbone(cfg, [tap])(image)[tap], cfg.model.num_classes,
                                 cfg.model.head.dropout, kernel_weight_decay(cfg))
         return keras.Model(image, probs, name=f"{cfg.model.backbone.name}_classifier")
 

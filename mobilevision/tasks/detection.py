@@ -93,7 +93,7 @@ class DetectionTask(Task):
     def _build_model(self) -> keras.Model:
         cfg = self.cfg
         image = keras.Input(shape=(*cfg.model.input_size, 3), name="image")
-        maps = build_backbone(cfg)(image)
+        maps = build_backbone(cfg, cfg.model.head.features)(image)
         outputs, sizes = ssdlite_head([maps[name] for name, _, _ in head_taps(cfg)],
                                       cfg.model.num_classes, self.anchor_generator,
                                       depth_multiplier=cfg.model.backbone.alpha,

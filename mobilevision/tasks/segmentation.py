@@ -59,7 +59,7 @@ class SegmentationTask(Task):
         b, h = cfg.model.backbone, cfg.model.head
         (tap, _, stride), = head_taps(cfg)
         image = keras.Input(shape=(*cfg.model.input_size, 3), name="image")
-        logits = deeplabv3_head(build_backbone(cfg)(image)[tap], stride, cfg.model.num_classes,
+        logits = deeplabv3_head(build_backbone(cfg, [tap])(image)[tap], stride, cfg.model.num_classes,
                                 aspp=h.aspp, rates=aspp_rates(stride, h.aspp_rates),
                                 channels=h.channels, dropout=h.dropout,
                                 bn_momentum=h.bn_momentum, weight_decay=kernel_weight_decay(cfg))

@@ -162,3 +162,10 @@ def test_get_config_round_trip_gives_same_outputs():
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(clone.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     assert [l.name for l in clone.layers] == [l.name for l in model.layers]
+
+
+def test_build_backbone_gives_the_multi_scale_taps_and_a_task_only_its_heads():
+    cfg = mv.load_config("shapes_deeplabv3.yaml")
+    assert set(mv.build_backbone(cfg).output) == set(DEFAULT_TAPS)
+    model = mv.build_model(cfg)  # DeepLab reads block_16_project: no 1280-channel conv built
+    assert not any(layer.name in ("Conv_1", "out_relu") for layer in model.get_layer("mobilenet_v2").layers)
