@@ -132,8 +132,8 @@ def _evaluate_exported(cfg, args) -> int:
     """Evaluate an exported file with the task's own metrics; write <file>.eval.json."""
     from mobilevision.data.skips import SKIPPED
     from mobilevision.export.runtime import load_exported
-    from mobilevision.tasks import get_task
     from mobilevision.report import per_class_table
+    from mobilevision.tasks import get_task
     from mobilevision.tasks.trainer import dumps_metrics, report_skips
     from mobilevision.utils import atomic_write_json
 
