@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="run an exported file instead (.tflite, .onnx or a SavedModel "
                                    "folder); class names from the labels.txt beside it")
     c.add_argument("--output", help="output folder (default runs/<config name>/predictions)")
+    c.add_argument("--score-threshold", type=float, metavar="S",
+                   help="detection: draw the boxes scoring at least S (default "
+                        "model.head.draw_threshold); predictions.json keeps every detection")
 
     from mobilevision.export.formats import FORMATS
 
@@ -105,8 +108,8 @@ def _train(args) -> int:
         return 0
     run = run_dir_for(cfg, args.output)
     print(f"\nrun folder: {run}\n  checkpoints: {run / 'checkpoints'}\n  metrics: "
-          f"{run / 'metrics.csv'}\n  plot: {run / 'plots' / 'curves.png'}\n  results: "
-          f"{run / 'eval.json'}")
+          f"{run / 'metrics.csv'}\n  data report: {run / 'data.json'}\n  pictures: "
+          f"{run / 'plots'} (curves.png, samples.png, ...)\n  results: {run / 'eval.json'}")
     print(dumps_metrics(results))
     return 0
 
@@ -129,6 +132,7 @@ def _evaluate_exported(cfg, args) -> int:
     """Evaluate an exported file with the task's own metrics; write <file>.eval.json."""
     from mobilevision.data.skips import SKIPPED
     from mobilevision.export.runtime import load_exported
+    from mobilevision.report import per_class_table
     from mobilevision.tasks import get_task
     from mobilevision.tasks.trainer import dumps_metrics, report_skips
     from mobilevision.utils import atomic_write_json
@@ -146,6 +150,9 @@ def _evaluate_exported(cfg, args) -> int:
     out = Path(args.output) / name if args.output else Path(args.model).parent / name
     atomic_write_json(out, results)
     print(f"wrote {out}", file=sys.stderr)
+    table = per_class_table(results)
+    if table:
+        print(table)
     print(dumps_metrics(results))
     return 0
 
@@ -200,13 +207,22 @@ def _check_weights(cfg, run, weights) -> None:
 
 
 def _predict(args) -> int:
-    from mobilevision.config import load_config
+    from mobilevision.config import ConfigError, load_config
     from mobilevision.data.decode import is_image_file
     from mobilevision.tasks import get_task
     from mobilevision.tasks.trainer import load_run_weights, run_dir_for
     from mobilevision.utils import atomic_write_json
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.score_threshold is not None:
+        if not 0.0 <= args.score_threshold <= 1.0:
+            raise ConfigError(f"--score-threshold {args.score_threshold}: expected a score "
+                              f"between 0 and 1")
+        overrides.append(f"model.head.draw_threshold={args.score_threshold}")
+    cfg = load_config(args.config, overrides)
+    if args.score_threshold is not None and cfg.task != "detection":
+        raise ConfigError(f"--score-threshold applies to detection; {args.config} is a "
+                          f"{cfg.task} config")
     run = run_dir_for(cfg)
     src = Path(args.input)
     if src.is_dir():

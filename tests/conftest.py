@@ -80,3 +80,28 @@ def randomize_batchnorm():
     """randomize_batchnorm(model, (H, W, 3), seed): give `model` random, non-identity BatchNorm
     parameters and statistics (for export parity tests)."""
     return _randomize_batchnorm
+
+
+def _png_size(path, min_side=100, max_side=3000, max_bytes=1 << 20):
+    """(width, height) of the PNG at `path`, checked: a PNG Pillow opens and fully decodes, each
+    side within [min_side, max_side] and the file at most max_bytes."""
+    from PIL import Image
+
+    from pathlib import Path
+
+    path = Path(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert path.stat().st_size <= max_bytes, (path, path.stat().st_size)
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()
+        width, height = image.size
+    assert min_side <= width <= max_side and min_side <= height <= max_side, (path, image.size)
+    return width, height
+
+
+@pytest.fixture(scope="session")
+def png_size():
+    """png_size(path, min_side=100, max_side=3000, max_bytes=1 MiB) -> (width, height) of a PNG
+    checked to decode and to be of a sensible size."""
+    return _png_size

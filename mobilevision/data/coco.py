@@ -47,6 +47,8 @@ class CocoInstances:
         annotations: {image id: [annotation dicts of that image]}, the valid ones, in file order.
         skipped: {what: reason} of the entries left out with skip_invalid ("annotation 7",
             "image 2", "image entry {...}").
+        unreadable: {file: reason} of the image files `image_files` found it cannot decode
+            (also recorded in SKIPPED, the run's log).
     """
 
     def __init__(self, data, source, *, fields=("bbox",), skip_invalid: bool = False):
@@ -61,7 +63,7 @@ class CocoInstances:
         or a bad field, is `invalid`: a DatasetError naming the file and the entry, or with
         skip_invalid left out and recorded in `skipped`."""
         self.source, self.fields = os.fspath(source), tuple(fields)
-        self.skip_invalid, self.skipped = skip_invalid, {}
+        self.skip_invalid, self.skipped, self.unreadable = skip_invalid, {}, {}
         for key in ("images", "annotations", "categories"):
             if not isinstance(data, dict) or not isinstance(data.get(key), list):
                 raise DatasetError(f"{self.source}: expected a COCO instances file with a list "
@@ -168,6 +170,7 @@ class CocoInstances:
             width, height = self.images[image_id].width, self.images[image_id].height
             if isinstance(hw, ImageDecodeError):
                 SKIPPED.add(hw.path, hw.reason)
+                self.unreadable[hw.path] = hw.reason
             elif tuple(hw) != (height, width):
                 # A swap is what an EXIF rotation does to a photo annotated as stored.
                 hint = (" (width and height swapped: if the photo has an EXIF rotation, give its "

@@ -55,6 +55,8 @@ class SegRecord:
     width: int | None = None
     objects: list = field(default_factory=list)  # COCO: (label 1..K, segmentation, iscrowd, area)
     source: str = ""              # the COCO annotation file, for messages
+    pixels: np.ndarray | None = None  # (K + 1,) pixels of each class, then the ignored ones
+                                      # (label maps read by check_records)
 
 
 @dataclass
@@ -65,6 +67,7 @@ class SegmentationDataset:
     class_names: list[str]
     source: str
     skipped: dict = field(default_factory=dict)  # path -> reason, for skip_invalid
+    unreadable: dict = field(default_factory=dict)  # path -> reason: files that do not decode
 
     @property
     def num_classes(self) -> int:
@@ -208,7 +211,7 @@ def list_mask_folder(image_dir, mask_dir, *, skip_invalid: bool = False,
 
 
 def read_coco_segmentation(annotation_file, image_dir, *, skip_invalid: bool = False,
-                           skipped: dict | None = None,
+                           skipped: dict | None = None, unreadable: dict | None = None,
                            check_files: bool = True) -> tuple[list[SegRecord], list[str]]:
     """Records of a COCO instances file whose objects are painted into semantic label maps.
 
@@ -220,6 +223,7 @@ def read_coco_segmentation(annotation_file, image_dir, *, skip_invalid: bool = F
     not cover it) is a DatasetError naming it, or with skip_invalid skipped and recorded in
     `skipped`: found here, before training, rather than inside the tf.data pipeline. The file
     is parsed and checked by `CocoInstances`, as for detection; check_files: see `read_coco`.
+    Image files that cannot be decoded are left out and recorded in `unreadable` (and SKIPPED).
     Returns (records in image-id order, class names)."""
     coco = CocoInstances.read(annotation_file, fields=("segmentation",), skip_invalid=skip_invalid)
     records = []
@@ -233,6 +237,8 @@ def read_coco_segmentation(annotation_file, image_dir, *, skip_invalid: bool = F
                                  coco.source))
     if skipped is not None:
         skipped.update(coco.skipped)
+    if unreadable is not None:
+        unreadable.update(coco.unreadable)
     return records, ["background", *coco.category_names]
 
 
@@ -308,38 +314,40 @@ def _size_message(record, image_hw, label_hw) -> str:
 
 
 def check_records(records: list[SegRecord], num_classes: int, *, skip_invalid: bool = False,
-                  skipped: dict | None = None) -> list[SegRecord]:
+                  skipped: dict | None = None, unreadable: dict | None = None) -> list[SegRecord]:
     """Validate every label-map record (voc, folder) before training: read each image's size from
     its header (and fill in `height`, `width`), decode its label PNG and check its size and
-    values. (COCO records are checked as they are read, by `CocoInstances.image_files`.)
+    values, and count its pixels per class (`pixels`, for the data report). (COCO records are
+    checked as they are read, by `CocoInstances.image_files`.)
 
     Returns the records to use. A file that cannot be decoded is dropped and recorded in
-    SKIPPED; a size mismatch or bad label value is a DatasetError naming the file (the first in
-    record order), or with skip_invalid dropped and recorded in `skipped`."""
+    SKIPPED and `unreadable`; a size mismatch or bad label value is a DatasetError naming the
+    file (the first in record order), or with skip_invalid dropped and recorded in `skipped`."""
     skipped = {} if skipped is None else skipped
+    unreadable = {} if unreadable is None else unreadable
 
     def check(record):
         try:
             hw = image_size(record.path)
-            label_hw = read_label_png(record.mask_path, num_classes).shape
-            if tuple(label_hw) != tuple(hw):
-                raise DatasetError(_size_message(record, hw, label_hw))
-            return record, hw, None
-        except ImageDecodeError as e:
-            return record, None, e
-        except DatasetError as e:
-            return record, None, e
+            label = read_label_png(record.mask_path, num_classes)
+            if tuple(label.shape) != tuple(hw):
+                raise DatasetError(_size_message(record, hw, label.shape))
+            values = np.where(label == IGNORE_LABEL, num_classes, label).reshape(-1)
+            return record, hw, np.bincount(values, minlength=num_classes + 1), None
+        except (ImageDecodeError, DatasetError) as e:
+            return record, None, None, e
 
     with ThreadPoolExecutor(max_workers=min(_WORKERS, os.cpu_count() or 1)) as pool:
         results = list(pool.map(check, records))
     kept, errors = [], []
-    for record, hw, error in results:
+    for record, hw, pixels, error in results:
         if isinstance(error, ImageDecodeError):
             SKIPPED.add(error.path, error.reason)
+            unreadable[error.path] = error.reason
         elif error is not None:
             errors.append((record, error))
         else:
-            record.height, record.width = int(hw[0]), int(hw[1])
+            record.height, record.width, record.pixels = int(hw[0]), int(hw[1]), pixels
             kept.append(record)
     if errors and not skip_invalid:
         more = f" (and {len(errors) - 1} more bad example(s))" if len(errors) > 1 else ""
@@ -365,6 +373,7 @@ def read_segmentation(fmt: str, root, split: str, *, class_names=None, voc=None,
     """
     root = Path(root)
     skipped: dict = {}
+    unreadable: dict = {}
     if fmt == "voc":
         v = {"images": "JPEGImages", "masks": "SegmentationClass",
              "list": "ImageSets/Segmentation/{split}.txt", **(voc or {})}
@@ -386,7 +395,7 @@ def read_segmentation(fmt: str, root, split: str, *, class_names=None, voc=None,
         ann = root / c["annotations"].format(split=split)
         records, names = read_coco_segmentation(ann, root / c["images"].format(split=split),
                                                 skip_invalid=skip_invalid, skipped=skipped,
-                                                check_files=check)
+                                                unreadable=unreadable, check_files=check)
         source = str(ann)
     else:
         raise ValueError(f"unknown segmentation data format {fmt!r}; expected voc, coco or folder")
@@ -394,7 +403,8 @@ def read_segmentation(fmt: str, root, split: str, *, class_names=None, voc=None,
         raise DatasetError(f"{source}: {len(names)} classes; label maps hold at most 255 "
                            f"(255 is the ignore label)")
     if check and fmt != "coco":  # COCO images were checked as they were read
-        records = check_records(records, len(names), skip_invalid=skip_invalid, skipped=skipped)
+        records = check_records(records, len(names), skip_invalid=skip_invalid, skipped=skipped,
+                                unreadable=unreadable)
     if not records:
         raise DatasetError(f"{source}: no usable examples in split '{split}'")
-    return SegmentationDataset(records, names, source, skipped)
+    return SegmentationDataset(records, names, source, skipped, unreadable)

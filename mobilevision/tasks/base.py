@@ -105,13 +105,28 @@ class Task:
         return results
 
     def write_prediction(self, out_dir, stem: str, canvas) -> None:
-        """Write what `predict_image` drew for one image: `<stem>.jpg` (tasks override)."""
+        """Write what `predict_image` drew for one image (RGB): `<stem>.jpg` (tasks override)."""
         import cv2
 
-        cv2.imwrite(str(Path(out_dir) / f"{stem}.jpg"), canvas)
+        cv2.imwrite(str(Path(out_dir) / f"{stem}.jpg"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
 
     def predict_image(self, model, image, class_names):
-        """image (h, w, 3) uint8 RGB -> (result dict, annotated BGR image to write)."""
+        """image (h, w, 3) uint8 RGB -> (result dict, annotated RGB image to write), drawn with
+        `mobilevision.plots`."""
+        raise NotImplementedError
+
+    # What people look at: the data before training, the pictures after evaluation ------------
+    def data_summary(self, split: str) -> dict:
+        """What the split holds, for data.json (`mobilevision.report`): {"images": n,
+        "<unit>_per_class": {class: count} (unit: images, objects or pixels; None when it cannot
+        be counted without reading the whole dataset), and what the reader skipped, dropped or
+        clipped, with reasons}."""
+        raise NotImplementedError
+
+    def pictures(self, model, split: str, results: dict):
+        """What the last `evaluate(model, split)` (its `results`) shows: a `plots.TaskPictures`
+        with the fixed sample of the split drawn as ground truth and as `predict_image` draws
+        the prediction, and the task's figures (PR curves, confusion matrix, per-class bars)."""
         raise NotImplementedError
 
     # Export: what the exported files compute (formats.TASK_OUTPUTS), and back -----------------

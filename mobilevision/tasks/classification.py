@@ -21,7 +21,8 @@ class ClassificationTask(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         self._class_names = None
-        self._listed = {}  # split -> the files it lists (to count the unreadable ones)
+        self._listed = {}     # split -> (files, labels) it lists (class folders)
+        self._confusion = {}  # split -> (K, K) confusion matrix of its last evaluation
 
     # Model -------------------------------------------------------------------------------------
     def _build_model(self) -> keras.Model:
@@ -70,6 +71,16 @@ class ClassificationTask(Task):
                              f"{len(names)} classes ({', '.join(names[:10])}"
                              f"{', ...' if len(names) > 10 else ''})")
 
+    def _listing(self, split: str) -> tuple[list[str], list[int]]:
+        """(files, labels) of a class-folder split, listed once."""
+        if split not in self._listed:
+            from mobilevision.data.image_folder import list_image_folder
+
+            d = self.cfg.data
+            paths, labels, _ = list_image_folder(Path(d.root) / split, self.class_names)
+            self._listed[split] = paths, labels
+        return self._listed[split]
+
     def build_dataset(self, split: str, training: bool):
         """-> (dataset, number of listed examples). Training batches are (images float32
         (B, H, W, 3) in 0..255, one-hot labels (B, K)); evaluation batches add a sample weight
@@ -83,10 +94,7 @@ class ClassificationTask(Task):
         size = tuple(cfg.model.input_size)
         k = cfg.model.num_classes
         if d.format == "folder":
-            from mobilevision.data.image_folder import list_image_folder
-
-            paths, labels, _ = list_image_folder(Path(d.root) / split, self.class_names)
-            self._listed[split] = paths
+            paths, labels = self._listing(split)
             n = len(paths)
             ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
             if training:
@@ -138,23 +146,33 @@ class ClassificationTask(Task):
 
     # Evaluation and prediction -------------------------------------------------------------------
     def evaluate(self, model, split, out_dir=None):
+        """top1, top5, cross_entropy and per_class_accuracy (the share of each class's images
+        whose top class is right; None for a class without images) on `split`."""
         from mobilevision.data.skips import SKIPPED
 
         ds, n = self.build_dataset(split, training=False)
-        logs = self._score(model, ds)
+        logs, cm = self._score(model, ds)
+        self._confusion[split] = cm
+        listed = self._listed.get(split, ((), ()))[0]
+        totals = cm.sum(1)
         return {**{k: float(v) for k, v in logs.items()},
-                "num_examples": n - len(set(self._listed.get(split, ())) & set(SKIPPED.items())),
+                "per_class_accuracy": {name: (float(cm[i, i] / totals[i]) if totals[i] else None)
+                                       for i, name in enumerate(self.class_names)},
+                "num_examples": n - len(set(listed) & set(SKIPPED.items())),
                 "split": split}
 
-    def _score(self, model, ds) -> dict:
+    def _score(self, model, ds) -> tuple[dict, np.ndarray]:
         """top1, top5 and the cross-entropy of the probabilities `model.predict_on_batch` gives
         (the Keras model or an exported file: one path for both) over `ds` (images, one-hot
         labels, weights); corrupt files weigh 0. top1 is the argmax, as Keras's
         CategoricalAccuracy; top5 counts ties in the true class's favour, as in_top_k. The
-        cross-entropy (label smoothing included) is not Keras's `loss`, which adds weight decay."""
-        k = min(5, self.cfg.model.num_classes)
+        cross-entropy (label smoothing included) is not Keras's `loss`, which adds weight decay.
+        Also returns the (K, K) confusion matrix of the top class (rows: the true class)."""
+        num_classes = self.cfg.model.num_classes
+        k = min(5, num_classes)
         eps = self.cfg.train.label_smoothing
         total = top1 = top5 = loss = 0.0
+        cm = np.zeros((num_classes, num_classes), np.int64)
         for images, onehot, weight in ds.as_numpy_iterator():
             probs = np.asarray(model.predict_on_batch(images), np.float32)
             label = onehot.argmax(-1)
@@ -166,8 +184,10 @@ class ClassificationTask(Task):
             top1 += (weight * (probs.argmax(-1) == label)).sum()
             top5 += (weight * (rank < k)).sum()
             loss += (weight * ce).sum()
+            read = weight > 0
+            np.add.at(cm, (label[read], probs.argmax(-1)[read]), 1)
         total = max(total, 1e-12)
-        return {"top1": top1 / total, "top5": top5 / total, "cross_entropy": loss / total}
+        return {"top1": top1 / total, "top5": top5 / total, "cross_entropy": loss / total}, cm
 
     def export_outputs(self, model, images):
         return {"probabilities": model(images, training=False)}
@@ -177,10 +197,10 @@ class ClassificationTask(Task):
 
     def predict_image(self, model, image, class_names, top_k=5):
         """-> ({"predictions": [{"class", "class_id", "score"}, ...top 5]}, the image with the top
-        class drawn on it)."""
-        import cv2
+        class and its score drawn on it)."""
         import tensorflow as tf
 
+        from mobilevision import plots
         from mobilevision.data import augment
 
         names = class_names or [f"class_{i}" for i in range(self.cfg.model.num_classes)]
@@ -189,12 +209,61 @@ class ClassificationTask(Task):
         probs = np.asarray(model.predict_on_batch(x[None]))[0]
         order = np.argsort(-probs)[:top_k]
         preds = [{"class": names[i], "class_id": int(i), "score": float(probs[i])} for i in order]
-        canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        scale = max(1.0, 256 / max(canvas.shape[:2]))
-        if scale > 1:
-            canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        text = f"{preds[0]['class']} {preds[0]['score']:.2f}"
-        cv2.rectangle(canvas, (0, 0), (canvas.shape[1], 22), (0, 0, 0), -1)
-        cv2.putText(canvas, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        top = preds[0]
+        canvas = plots.draw_caption(image, f"{top['class']} {top['score']:.2f}",
+                                    top["class_id"] + 1)
         return {"predictions": preds}, canvas
+
+    # Data report and pictures -------------------------------------------------------------------
+    def data_summary(self, split):
+        """Images per class of a class-folder split (a TFDS split: its size only; counting its
+        classes would read it whole). Unreadable images are found as they are decoded and
+        reported at the end of each epoch."""
+        d = self.cfg.data
+        if d.format != "folder":
+            from mobilevision.data.tfds_reader import load_tfds
+
+            _, info = load_tfds(d.tfds.name, split, d.tfds.data_dir)
+            return {"images": info.splits[split].num_examples, "images_per_class": None}
+        paths, labels = self._listing(split)
+        counts = np.bincount(np.asarray(labels, np.int64), minlength=len(self.class_names))
+        return {"images": len(paths),
+                "images_per_class": dict(zip(self.class_names, counts.tolist()))}
+
+    def pictures(self, model, split, results):
+        """The confusion matrix of the last evaluation of `split`, and the fixed sample: the
+        true class beside `predict_image`'s answer (a TFDS split: its first images)."""
+        from mobilevision import plots
+
+        names = self.class_names
+        samples = []
+        for image, label, caption in self._samples(split):
+            result, drawn = self.predict_image(model, image, names)
+            top = result["predictions"][0]["class_id"]
+            samples.append((plots.draw_caption(image, names[label], label + 1), drawn, caption,
+                            top == label))
+        return plots.TaskPictures(samples=samples, names=names,
+                                  confusion=self._confusion.get(split))
+
+    def _samples(self, split):
+        """[(image RGB, label, caption)] of the split's fixed sample; unreadable files left out."""
+        from mobilevision import plots
+        from mobilevision.data.decode import ImageDecodeError, read_image
+
+        d = self.cfg.data
+        if d.format != "folder":
+            from mobilevision.data.tfds_reader import load_tfds
+
+            ds, _ = load_tfds(d.tfds.name, split, d.tfds.data_dir)
+            return [(np.asarray(ex[d.tfds.image_key]) if ex[d.tfds.image_key].shape[-1] == 3
+                     else np.repeat(ex[d.tfds.image_key], 3, -1), int(ex[d.tfds.label_key]),
+                     f"{split}[{i}]")
+                    for i, ex in enumerate(ds.take(plots.SAMPLES).as_numpy_iterator())]
+        paths, labels = self._listing(split)
+        out = []
+        for i in plots.sample_indices(len(paths)):
+            try:
+                out.append((read_image(paths[i]), labels[i], Path(paths[i]).name))
+            except ImageDecodeError:
+                continue
+        return out

@@ -4,6 +4,7 @@
     evaluator = CocoEvaluator(val.instances)    # the reader's parsed file; GT indexed once
     metrics = evaluator.evaluate(detections)    # every epoch
     metrics["AP"], metrics["AP50"], metrics["per_class_AP"]["person"], metrics["summary_text"]
+    recall, precision = evaluator.pr_curves(iou=0.5)   # the last evaluation's, from COCOeval
 
 Detections are in the COCO results format: {"image_id", "category_id" (the dataset's own ids),
 "bbox" [x, y, w, h] in original image pixels, "score"}; `detections_to_coco` makes them from the
@@ -71,6 +72,8 @@ class CocoEvaluator:
         self.category_ids = list(instances.category_ids)
         self.image_ids = list(instances.images)
         self.category_names = dict(zip(instances.category_ids, instances.category_names))
+        self.precision = None   # the last evaluation's COCOeval eval["precision"]
+        self.params = None      # and its params (iouThrs, recThrs, catIds, areaRng, maxDets)
 
     def _check_detections(self, detections, image_ids) -> list[dict]:
         """Validated plain-Python copies (loadRes mutates its input) of the detections on
@@ -120,6 +123,7 @@ class CocoEvaluator:
 
         Returns a dict: the twelve COCO numbers (METRIC_NAMES, floats, -1 = not applicable),
         per_class_AP {category name: AP@[.50:.95], area all, maxDets 100, -1 = no ground truth},
+        per_class_AP50 (the same at IoU 0.5),
         num_images, num_detections (those evaluated) and summary_text (COCOeval's 12-line summary).
         """
         from pycocotools.cocoeval import COCOeval
@@ -146,25 +150,54 @@ class CocoEvaluator:
         _, summary = _quiet(coco_eval.summarize)
 
         metrics = {name: float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats)}
-        metrics["per_class_AP"] = self._per_class_ap(coco_eval)
+        self.precision, self.params = coco_eval.eval["precision"], coco_eval.params
+        metrics["per_class_AP"] = self._per_class_ap()
+        metrics["per_class_AP50"] = self._per_class_ap(iou=0.5)
         metrics["num_images"] = len(image_ids)
         metrics["num_detections"] = len(dets)
         metrics["summary_text"] = summary.rstrip("\n")
         return metrics
 
-    def _per_class_ap(self, coco_eval) -> dict:
-        # precision: [T iou thresholds, R recall thresholds, K categories, A areas, M maxDets],
-        # -1 where a category has no ground truth. Area index 0 is 'all', maxDets[-1] is 100.
-        precision = coco_eval.eval["precision"]
-        per_class = {}
-        for k, cid in enumerate(coco_eval.params.catIds):
-            p = precision[:, :, k, 0, -1]
-            p = p[p > -1]
+    def _class_precision(self, iou=None):
+        """{category name: the last evaluation's precision (T or 1, R) for that category at all
+        IoU thresholds or at `iou`, area 'all', 100 detections}, from COCOeval's own array.
+
+        eval["precision"] is [T iou thresholds, R recall thresholds, K categories, A areas,
+        M maxDets], -1 where a category has no ground truth; area index 0 is 'all', maxDets[-1]
+        is 100."""
+        if self.precision is None:
+            raise ValueError("no evaluation yet: call evaluate() first")
+        t = slice(None)
+        if iou is not None:
+            found = np.flatnonzero(np.isclose(self.params.iouThrs, iou))
+            if not found.size:
+                raise ValueError(f"IoU {iou} is not among COCOeval's thresholds "
+                                 f"{self.params.iouThrs.tolist()}")
+            t = slice(found[0], found[0] + 1)
+        out = {}
+        for k, cid in enumerate(self.params.catIds):
             name = self.category_names[cid]
-            if name in per_class:           # duplicate names: keep both, tell them apart
+            if name in out:                 # duplicate names: keep both, tell them apart
                 name = f"{name} ({cid})"
+            out[name] = self.precision[t, :, k, 0, -1]
+        return out
+
+    def _per_class_ap(self, iou=None) -> dict:
+        """{category name: AP (averaged over IoU thresholds, or at `iou`), -1 = no ground truth}."""
+        per_class = {}
+        for name, p in self._class_precision(iou).items():
+            p = p[p > -1]
             per_class[name] = float(np.mean(p)) if p.size else -1.0
         return per_class
+
+    def pr_curves(self, iou: float = 0.5):
+        """The last evaluation's precision-recall curves at `iou` (area 'all', 100 detections),
+        read from COCOeval's `eval["precision"]`: (recall thresholds (R,) = params.recThrs,
+        {category name: (R,) interpolated precision, or None for a category without ground
+        truth}). The mean of a curve is that category's AP at `iou`."""
+        curves = {name: (None if (p < 0).all() else p[0])
+                  for name, p in self._class_precision(iou).items()}
+        return np.asarray(self.params.recThrs), curves
 
 
 def detections_to_coco(image_id, boxes, scores, labels, width, height, category_ids) -> list[dict]:

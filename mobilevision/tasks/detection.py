@@ -344,28 +344,85 @@ class DetectionTask(Task):
 
     def predict_image(self, model, image, class_names):
         """-> ({"detections": [{"class", "label", "score", "bbox" [x, y, w, h] in the image's
-        pixels}]}, the image with boxes scoring at least model.head.draw_threshold drawn)."""
-        import cv2
+        pixels}]}, the image with the boxes scoring at least model.head.draw_threshold drawn)."""
         import tensorflow as tf
+
+        from mobilevision import plots
 
         names = class_names or self.class_names
         h, w = image.shape[:2]
         x = tf.image.resize(tf.cast(image, tf.float32), tuple(self.cfg.model.input_size))[None]
         d = self.postprocess(model.predict_on_batch(x))
         c = int(d["count"][0])
-        canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        dets = []
-        for box, score, k in zip(d["boxes"][0, :c], d["scores"][0, :c], d["classes"][0, :c]):
-            y0, x0, y1, x1 = box * [h, w, h, w]
-            name = names[int(k)]
-            dets.append({"class": name, "label": int(k) + 1, "score": float(score),
-                         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
-            if score >= self.cfg.model.head.draw_threshold:
-                p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))
-                cv2.rectangle(canvas, p0, p1, (0, 255, 0), 1)
-                cv2.putText(canvas, f"{name} {score:.2f}", (p0[0], max(10, p0[1] - 3)),
-                            cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 255, 0), 1, cv2.LINE_AA)
+        boxes = d["boxes"][0, :c][:, [1, 0, 3, 2]] * [w, h, w, h]  # [x0, y0, x1, y1] pixels
+        scores, classes = d["scores"][0, :c], d["classes"][0, :c].astype(int)
+        dets = [{"class": names[k], "label": int(k) + 1, "score": float(score),
+                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]}
+                for (x0, y0, x1, y1), score, k in zip(boxes, scores, classes)]
+        shown = scores >= self.cfg.model.head.draw_threshold
+        canvas = plots.draw_detections(image, boxes[shown], classes[shown] + 1, names,
+                                       scores[shown])
         return {"detections": dets}, canvas
+
+    # Data report and pictures -------------------------------------------------------------------
+    def data_summary(self, split):
+        """Objects per class (crowd regions counted apart), images without objects, and the
+        boxes, annotations and files the reader dropped, clipped or skipped, with reasons."""
+        coco = self.coco(split)
+        names = coco.category_names
+        counts = np.zeros(len(names), np.int64)
+        crowd = empty = 0
+        for r in coco.records:
+            labels = r.labels[~r.iscrowd]
+            counts += np.bincount(labels - 1, minlength=len(names))
+            crowd += int(r.iscrowd.sum())
+            empty += labels.size == 0
+        return {"images": len(coco.records), "objects": int(counts.sum()),
+                "objects_per_class": dict(zip(names, counts.tolist())), "crowd_regions": crowd,
+                "images_without_objects": int(empty), "dropped_boxes": dict(coco.dropped),
+                "clipped_boxes": coco.clipped, "skipped_annotations": dict(coco.skipped),
+                "skipped_files": dict(coco.instances.unreadable)}
+
+    def pictures(self, model, split, results):
+        """PR curves at IoU 0.5 from the last COCOeval of `split` (its own precision array),
+        per-class AP, and the fixed sample: true boxes beside `predict_image`'s."""
+        from mobilevision import plots
+
+        coco = self.coco(split)
+        names = coco.category_names
+        samples = []
+        for index, image in self._samples(split):
+            r = coco.records[index]
+            h, w = image.shape[:2]
+            boxes = r.boxes[~r.iscrowd][:, [1, 0, 3, 2]] * [w, h, w, h]
+            truth = plots.draw_detections(image, boxes, r.labels[~r.iscrowd], names)
+            samples.append((truth, self.predict_image(model, image, names)[1],
+                            Path(r.path).name, None))
+        evaluator = self._evaluators.get(split)
+        pr = None
+        if evaluator is not None and evaluator.precision is not None:
+            pr = (*evaluator.pr_curves(iou=0.5), 0.5)
+        return plots.TaskPictures(samples=samples, names=names,
+                                  per_class=("AP", results["per_class_AP"]), pr=pr)
+
+    def _samples(self, split):
+        """[(record index, image RGB)] of the split's fixed sample (a TFDS split: its first
+        images); unreadable files left out."""
+        from mobilevision import plots
+        from mobilevision.data.decode import ImageDecodeError, read_image
+
+        if self.cfg.data.format == "tfds":
+            key = self.cfg.data.tfds.image_key
+            return [(i, ex[key]) for i, ex in
+                    enumerate(self._tfds[split].take(plots.SAMPLES).as_numpy_iterator())]
+        records = self.coco(split).records
+        out = []
+        for i in plots.sample_indices(len(records)):
+            try:
+                out.append((i, read_image(records[i].path)))
+            except ImageDecodeError:
+                continue
+        return out
 
 
 class CocoEvalCallback(keras.callbacks.Callback):

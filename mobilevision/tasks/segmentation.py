@@ -303,35 +303,79 @@ class SegmentationTask(Task):
         return [SegEvalCallback(self, self.cfg.data.val_split, self.cfg.train.eval_every)]
 
     def predict_image(self, model, image, class_names):
-        """-> ({"size": [h, w], "classes": {name: fraction of the pixels}}, {"overlay": BGR
-        image with the classes' VOC colours blended in, "label": (h, w) uint8 label map})."""
-        import cv2
-
-        from mobilevision.data.shapes import voc_colormap
+        """-> ({"size": [h, w], "classes": {name: fraction of the pixels}}, {"overlay": RGB
+        image with the classes' colours blended in and a legend of those present, "label":
+        (h, w) uint8 label map})."""
+        from mobilevision import plots
 
         names = class_names or self.class_names
         probs = self.predict_probs(model, [image], self.cfg.eval.scales, self.cfg.eval.flip)[0]
         label = probs.argmax(-1).astype(np.uint8)
-        colours = voc_colormap(256)[label]
-        blend = np.where(label[..., None] > 0, 0.5 * image + 0.5 * colours, image)
-        overlay = cv2.cvtColor(np.clip(blend + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
         counts = np.bincount(label.reshape(-1), minlength=len(names))
         classes = {names[i]: round(float(c) / label.size, 6) for i, c in enumerate(counts) if c}
-        return {"size": list(label.shape), "classes": classes}, {"overlay": overlay, "label": label}
+        return ({"size": list(label.shape), "classes": classes},
+                {"overlay": plots.overlay_mask(image, label, names), "label": label})
 
     def write_prediction(self, out_dir, stem, canvas) -> None:
-        """`<stem>_overlay.png` (colour overlay) and `<stem>_label.png` (palette PNG whose
-        pixel values are the class indices, VOC colours)."""
+        """`<stem>_overlay.png` (colour overlay with its legend) and `<stem>_label.png` (palette
+        PNG whose pixel values are the class indices, in the overlay's colours)."""
         import cv2
         from PIL import Image
 
-        from mobilevision.data.shapes import voc_colormap
+        from mobilevision import plots
 
         out_dir = Path(out_dir)
-        cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), canvas["overlay"])
+        cv2.imwrite(str(out_dir / f"{stem}_overlay.png"),
+                    cv2.cvtColor(canvas["overlay"], cv2.COLOR_RGB2BGR))
         label = Image.fromarray(canvas["label"], mode="L")
-        label.putpalette(voc_colormap(256).reshape(-1).tolist())
+        label.putpalette(plots.palette().reshape(-1).tolist())
         label.save(out_dir / f"{stem}_label.png")
+
+    # Data report and pictures -------------------------------------------------------------------
+    def data_summary(self, split):
+        """Pixels per class (label maps; COCO annotations: objects per class), images without
+        any object, and the examples and files the reader skipped, with reasons."""
+        data = self.dataset(split)
+        names = data.class_names
+        summary = {"images": len(data.records)}
+        if all(r.pixels is not None for r in data.records):
+            pixels = np.sum([r.pixels for r in data.records], axis=0)
+            summary.update({"pixels_per_class": dict(zip(names, pixels[:-1].tolist())),
+                            "ignored_pixels": int(pixels[-1]),
+                            "images_without_objects": sum(not r.pixels[1:-1].any()
+                                                          for r in data.records)})
+        else:  # COCO: painting every label map would read the split twice
+            labels = [[o[0] for o in r.objects if not o[2]] for r in data.records]
+            flat = np.asarray([v for ls in labels for v in ls], np.int64)
+            counts = np.bincount(flat, minlength=len(names))
+            summary.update({"objects_per_class": dict(zip(names[1:], counts[1:].tolist())),
+                            "images_without_objects": sum(not ls for ls in labels)})
+        summary.update({"skipped_examples": dict(data.skipped),
+                        "skipped_files": dict(data.unreadable)})
+        return summary
+
+    def pictures(self, model, split, results):
+        """The confusion matrix and per-class IoU of `results`, and the fixed sample: the true
+        label map beside `predict_image`'s, both as overlays."""
+        from mobilevision import plots
+        from mobilevision.data.decode import ImageDecodeError
+        from mobilevision.data.segmentation import load_example
+
+        data = self.dataset(split)
+        names = data.class_names
+        samples = []
+        for i in plots.sample_indices(len(data.records)):
+            record = data.records[i]
+            try:
+                image, label = load_example(record, len(names))
+            except ImageDecodeError:
+                continue
+            samples.append((plots.overlay_mask(image, label, names),
+                            self.predict_image(model, image, names)[1]["overlay"],
+                            Path(record.path).name, None))
+        return plots.TaskPictures(samples=samples, names=names,
+                                  confusion=np.asarray(results["confusion_matrix"]),
+                                  per_class=("IoU", results["per_class_IoU"]))
 
 
 class SegEvalCallback(keras.callbacks.Callback):

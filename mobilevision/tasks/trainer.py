@@ -6,8 +6,11 @@
     runs/<name>/checkpoints/best.weights.h5   the epoch with the best validation main metric
     runs/<name>/metrics.csv              one row per epoch (column `epoch` counts from 1)
     runs/<name>/logs/                    TensorBoard
+    runs/<name>/data.json                the data report, written before training
     runs/<name>/eval.json                metrics of the best checkpoint on the validation split
-    runs/<name>/plots/curves.png         loss and metric curves
+    runs/<name>/plots/curves.png         loss and metric curves, redrawn at each evaluation
+    runs/<name>/plots/*.png              the best checkpoint's evaluation (mobilevision.plots):
+                                         samples.png, confusion_matrix.png, pr_curve.png, ...
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import keras
 import numpy as np
 
 from mobilevision.config import load_config, save_config
+from mobilevision.plots import plot_curves
 from mobilevision.utils import atomic_write_json, atomic_write_text, set_seed
 from mobilevision.version import __version__
 
@@ -194,35 +198,24 @@ def report_skips() -> None:
             print(f"  ... and {len(new) - 20} more", file=sys.stderr)
 
 
-def plot_curves(metrics_csv: Path, out_png: Path) -> None:
-    """Loss and metric curves (train and validation) from metrics.csv into one PNG."""
-    import matplotlib
+class CurvesPlot(keras.callbacks.Callback):
+    """Redraws plots/curves.png from metrics.csv after each epoch that has validation results
+    (MetricsLog must run first), so a killed run keeps a current picture, and at the end of
+    training when the last epoch had none."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, metrics_csv: Path, out_png: Path, monitor: str, mode: str):
+        super().__init__()
+        self.args = (Path(metrics_csv), Path(out_png), monitor, mode)
+        self.current = True  # nothing new since the last drawing
 
-    with open(metrics_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    epochs = [int(r["epoch"]) for r in rows]
-    names = [k for k in rows[0] if k not in ("epoch", "lr", "epoch_seconds") and not k.startswith("val_")]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for key, style in ((name, "-"), (f"val_{name}", "--")):
-            pts = [(e, float(r[key])) for e, r in zip(epochs, rows) if r.get(key) not in (None, "")]
-            if pts:
-                ax.plot(*zip(*pts), style, marker="o", ms=3, label=key)
-        ax.set_xlabel("epoch")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    def on_epoch_end(self, epoch, logs=None):
+        self.current = any(k.startswith("val_") for k in (logs or {}))
+        if self.current:
+            plot_curves(*self.args)
+
+    def on_train_end(self, logs=None):
+        if not self.current:
+            plot_curves(*self.args)
 
 
 def _check_writable(folder: Path) -> None:
@@ -259,7 +252,8 @@ def _check_free_space(folder: Path, checkpoint: int) -> None:
 
 def _remove_stale_temporaries(run: Path) -> None:
     """Temporary files of a killed run (a checkpoint or a file it was writing): never read."""
-    for tmp in [*(run / "checkpoints").glob(f".*{TMP_SUFFIX}"), *run.glob(".*.tmp")]:
+    for tmp in [*(run / "checkpoints").glob(f".*{TMP_SUFFIX}"), *run.glob(".*.tmp"),
+                *(run / "plots").glob("**/.*.tmp")]:
         tmp.unlink(missing_ok=True)
 
 
@@ -334,6 +328,10 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     names = getattr(task, "class_names", None)
     if names and chief:
         atomic_write_text(run / "labels.txt", "\n".join(names) + "\n")
+    if chief:
+        from mobilevision.report import write_data_report
+
+        write_data_report(task, [cfg.data.train_split, cfg.data.val_split], run)
     # Repeat and count steps: an epoch stays the same length when unreadable files are skipped.
     steps = cfg.train.steps_per_epoch or task.steps_per_epoch(n_train)
     train_ds = train_ds.repeat()
@@ -379,6 +377,8 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
             *task.callbacks(run),
             AtomicCheckpoint(ckpt_dir, task.monitor, task.monitor_mode, best),
             MetricsLog(run / "metrics.csv", initial_epoch),
+            CurvesPlot(run / "metrics.csv", run / "plots" / "curves.png", task.monitor,
+                       task.monitor_mode),
             SkipReport(),
             keras.callbacks.TensorBoard(run / "logs", write_graph=False, update_freq="epoch",
                                         profile_batch=0),
@@ -425,8 +425,6 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         print(f"{kind} {index}: final weights sha1 {sha1}")
         if not chief:
             return {"worker": index, "weights_sha1": sha1}
-    if (run / "metrics.csv").exists():
-        plot_curves(run / "metrics.csv", run / "plots" / "curves.png")
     # Evaluate on one device: a distributed model's predict answers once per replica.
     return evaluate_run(cfg, run, task=task, model=task.local_view(model))
 
@@ -499,9 +497,12 @@ def load_run_weights(model, run, weights=None):
 
 def evaluate_run(cfg, run: Path, *, weights=None, task=None, model=None, split=None) -> dict:
     """Evaluate `weights` (a file the user names; default: the run's best, else last checkpoint,
-    see `load_run_weights`) on `split` (default the validation split) and write run/eval.json.
-    Returns the metrics."""
+    see `load_run_weights`) on `split` (default the validation split), write run/eval.json and
+    the task's pictures (run/plots/, another split's in run/plots/<split>/; also to TensorBoard),
+    and print the per-class table. Returns the metrics."""
+    from mobilevision import plots
     from mobilevision.data.skips import SKIPPED
+    from mobilevision.report import per_class_table
     from mobilevision.tasks import get_task
 
     task = task or get_task(cfg)
@@ -520,7 +521,23 @@ def evaluate_run(cfg, run: Path, *, weights=None, task=None, model=None, split=N
     results["skipped_files"] = SKIPPED.items()
     report_skips()
     atomic_write_json(run / "eval.json", results)
+    val = split == cfg.data.val_split
+    plots.write_task_pictures(task.pictures(model, split, results),
+                              run / "plots" if val else run / "plots" / split,
+                              logdir=run / "logs" / ("validation" if val else split),
+                              step=_epoch_of(weights))
+    table = per_class_table(results)
+    if table:
+        print(table)
     return results
+
+
+def _epoch_of(weights) -> int:
+    """The epoch a run checkpoint was written after (0 for any other file, or none)."""
+    try:
+        return checkpoint_state(weights)["epoch"] if weights else 0
+    except TrainingError:
+        return 0
 
 
 def dumps_metrics(results: dict) -> str:

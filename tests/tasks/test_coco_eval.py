@@ -200,3 +200,33 @@ def test_ground_truth_is_the_parsed_file_not_read_again(tmp_path):
     with pytest.raises(ValueError, match=r"instances\.json: read without checking its boxes"):
         CocoEvaluator(CocoInstances({"images": IMAGES, "annotations": [], "categories": CATEGORIES},
                                     path, fields=("segmentation",)))
+
+
+def test_pr_curves_are_cocoevals_own_precision_array(evaluator):
+    evaluator.evaluate([as_detection(a) for a in NON_CROWD])
+    recall, curves = evaluator.pr_curves(iou=0.5)
+    np.testing.assert_array_equal(recall, np.linspace(0, 1, 101))    # COCOeval's recThrs
+    assert list(curves) == ["circle", "empty", "square"] and curves["empty"] is None
+    # Perfect detections: precision 1 all the way to recall 1.
+    for name, k in (("circle", 0), ("square", 2)):
+        np.testing.assert_array_equal(curves[name], np.ones(101))
+        # The very array COCOeval accumulated: IoU 0.5 is its first threshold, area 'all',
+        # 100 detections.
+        assert np.shares_memory(curves[name], evaluator.precision)
+        np.testing.assert_array_equal(curves[name], evaluator.precision[0, :, k, 0, -1])
+
+
+def test_pr_curve_of_a_hand_made_ranking(evaluator):
+    squares = [a for a in NON_CROWD if a["category_id"] == 7]   # two: images 1 and 2
+    miss = {**as_detection(squares[1], score=0.8), "bbox": [150, 150, 30, 30]}
+    # Ranked: hit (P 1/1, R 1/2), miss (P 1/2, R 1/2), hit (P 2/3, R 2/2). COCO interpolates
+    # precision to the best at any higher recall: 1 up to recall 0.5, then 2/3 up to 1.
+    m = evaluator.evaluate([as_detection(squares[0], 0.9), miss, as_detection(squares[1], 0.7)])
+    recall, curves = evaluator.pr_curves(iou=0.5)
+    expected = np.where(recall <= 0.5, 1.0, 2 / 3)
+    np.testing.assert_allclose(curves["square"], expected)
+    assert m["per_class_AP50"]["square"] == pytest.approx(expected.mean())
+    assert m["per_class_AP50"]["circle"] == 0.0 and m["per_class_AP50"]["empty"] == -1.0
+    np.testing.assert_array_equal(curves["circle"], np.zeros(101))   # ground truth, no hits
+    with pytest.raises(ValueError, match="IoU 0.52 is not among"):
+        evaluator.pr_curves(iou=0.52)

@@ -143,7 +143,7 @@ def test_an_unreadable_val_image_is_left_out_of_coco_eval(shapes_det, tmp_path):
 
 
 @pytest.mark.slow
-def test_short_training_run_writes_coco_metrics(shapes_det, tmp_path):
+def test_short_training_run_writes_coco_metrics(shapes_det, tmp_path, png_size):
     import csv
     import json
 
@@ -163,6 +163,11 @@ def test_short_training_run_writes_coco_metrics(shapes_det, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"] and "val_AP" in rows[0] and "val_AP50" in rows[0]
     assert checkpoint_state(tmp_path / "run" / "checkpoints" / "best.weights.h5")["monitor"] == "AP"
+    assert set(saved["per_class_AP50"]) == set(saved["per_class_AP"])
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["splits"]["train"]["images"] == 24 and data["splits"]["val"]["images"] == 8
+    for name in ("curves", "pr_curve", "per_class_AP", "samples"):
+        png_size(tmp_path / "run" / "plots" / f"{name}.png")
 
 
 def _write_tfds_coco(data_dir, coco_dataset):
@@ -226,3 +231,81 @@ def test_predict_writes_annotated_images_and_pixel_boxes(shapes_det, tmp_path):
             assert d["class"] in task.class_names and 0 < d["score"] <= 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         p.split("/")[-1] for p in paths)
+
+
+def test_data_report_on_the_shapes_data(shapes_det, tmp_path, capsys):
+    import json
+    import shutil
+
+    from mobilevision.report import write_data_report
+
+    root = tmp_path / "data"
+    shutil.copytree(shapes_det, root)
+    path = root / "annotations" / "instances_train.json"
+    gt = json.loads(path.read_text())
+    hexagon = next(c["id"] for c in gt["categories"] if c["name"] == "hexagon")
+    gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] != hexagon]
+    unreadable = gt["images"][-1]
+    a0 = next(a for a in gt["annotations"] if a["image_id"] != unreadable["id"])
+    gt["annotations"] += [{**a0, "id": 10**6, "bbox": [10, 10, 0, 5]},        # dropped
+                          {**a0, "id": 10**6 + 1, "bbox": [-5, 10, 20, 20]}]  # clipped, kept
+    path.write_text(json.dumps(gt))
+    (root / "train" / "images" / unreadable["file_name"]).write_bytes(b"")
+    report = write_data_report(_task(root), ["train", "val"], tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "data.json").read_text()) == report
+    train = report["splits"]["train"]
+    kept = [a for a in gt["annotations"] if a["image_id"] != unreadable["id"] and a["bbox"][2] > 0]
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    assert train["images"] == 23 and train["objects"] == len(kept)
+    assert train["objects_per_class"] == {
+        name: sum(names[a["category_id"]] == name for a in kept)
+        for name in ("circle", "square", "triangle", "star", "hexagon")}
+    assert train["objects_per_class"]["hexagon"] == 0
+    assert train["images_without_objects"] == sum(
+        not any(a["image_id"] == i["id"] for a in kept) for i in gt["images"][:-1])
+    assert train["dropped_boxes"] == {"zero or negative size": 1} and train["clipped_boxes"] == 1
+    (file, reason), = train["skipped_files"].items()
+    assert file.endswith(unreadable["file_name"]) and "empty" in reason
+    assert report["splits"]["val"]["images"] == 8 and report["splits"]["val"]["objects"] > 0
+    assert report["warnings"] == ["class 'hexagon' has no training examples (0 objects in split "
+                                  "'train'); the model cannot learn it"]
+    out, err = capsys.readouterr()
+    assert f"train: 23 images, {len(kept)} objects" in out and "skipped files: 1" in out
+    assert "warning: class 'hexagon' has no training examples" in err
+
+
+def test_predict_score_threshold_changes_the_drawing_not_the_json(shapes_det, tmp_path,
+                                                                   monkeypatch, capsys):
+    import json
+
+    from mobilevision.cli import main
+    from mobilevision.data.decode import read_image
+
+    monkeypatch.chdir(tmp_path)  # no runs/ folder here: labels come from the data
+    task = _task(shapes_det)
+    weights = tmp_path / "untrained.weights.h5"
+    task.build_model().save_weights(weights)
+    image = task.coco("val").records[0].path
+    overrides = [f"data.root={shapes_det}", "model.input_size=[128,128]",
+                 "model.head.score_threshold=0.0"]
+    outputs = {}
+    for threshold in ("0.0", "1.0"):
+        assert main(["predict", "--config", "shapes_ssdlite.yaml", "--input", image, "--weights",
+                     str(weights), "--output", str(tmp_path / threshold), "--score-threshold",
+                     threshold, *overrides]) == 0
+        (drawn,) = (tmp_path / threshold).glob("*.jpg")
+        outputs[threshold] = (json.loads((tmp_path / threshold / "predictions.json").read_text()),
+                              read_image(drawn).astype(np.float32))
+    (dets_low, drawn_low), (dets_high, drawn_high) = outputs["0.0"], outputs["1.0"]
+    assert dets_low == dets_high and dets_low[0]["detections"]    # JSON: what the config asks
+    assert max(d["score"] for d in dets_low[0]["detections"]) < 1.0
+    plain = np.asarray(read_image(image), np.float32)
+    enlarged = np.repeat(np.repeat(plain, 2, 0), 2, 1)             # 128 px drawn at 256
+    assert np.abs(drawn_high - enlarged).mean() < 3                 # nothing drawn (JPEG noise)
+    assert np.abs(drawn_low - enlarged).mean() > 3                  # boxes drawn
+    assert main(["predict", "--config", "shapes_classifier.yaml", "--input", image,
+                 "--score-threshold", "0.5"]) == 2
+    assert "--score-threshold applies to detection" in capsys.readouterr().err
+    assert main(["predict", "--config", "shapes_ssdlite.yaml", "--input", image,
+                 "--score-threshold", "5"]) == 2
+

@@ -137,6 +137,19 @@ def test_predict_writes_overlay_and_label_pngs(shapes_seg, tmp_path):
     assert sum(results[0]["classes"].values()) == pytest.approx(1.0)
 
 
+def test_data_summary_counts_pixels_per_class(shapes_seg):
+    task = _task(shapes_seg)
+    s = task.data_summary("train")
+    labels = [read_label_png(r.mask_path) for r in task.dataset("train").records]
+    assert s["images"] == 32 and not s["skipped_files"] and not s["skipped_examples"]
+    assert sum(s["pixels_per_class"].values()) + s["ignored_pixels"] == 32 * 64 * 64
+    for i, name in enumerate(task.class_names):
+        assert s["pixels_per_class"][name] == sum(int((lab == i).sum()) for lab in labels), name
+    assert s["ignored_pixels"] == sum(int((lab == 255).sum()) for lab in labels) > 0
+    assert s["images_without_objects"] == sum(not ((lab > 0) & (lab < 255)).any()
+                                              for lab in labels)
+
+
 def test_config_errors_name_the_key(shapes_seg):
     with pytest.raises(ConfigError, match="task 'segmentation' does not read data.format 'tfds'"):
         mv.load_config("shapes_deeplabv3.yaml", ["data.format=tfds", "data.tfds.name=x"])
@@ -151,7 +164,7 @@ def test_config_errors_name_the_key(shapes_seg):
 
 
 @pytest.mark.slow
-def test_short_training_run_learns_and_writes_metrics(shapes_seg, tmp_path):
+def test_short_training_run_learns_and_writes_metrics(shapes_seg, tmp_path, png_size):
     from mobilevision.tasks.trainer import checkpoint_state, train
 
     # BatchNorm statistics that settle within a few steps, so validation reflects the weights.
@@ -174,3 +187,7 @@ def test_short_training_run_learns_and_writes_metrics(shapes_seg, tmp_path):
     # Above chance: uniformly random labels score a pixel accuracy of 1/6 and an mIoU near 0.04.
     assert saved["pixel_accuracy"] > 0.5 and saved["mIoU"] > 0.1, saved
     assert checkpoint_state(tmp_path / "run" / "checkpoints" / "best.weights.h5")["monitor"] == "mIoU"
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["splits"]["val"]["images"] == 8 and "pixels_per_class" in data["splits"]["train"]
+    for name in ("curves", "confusion_matrix", "per_class_IoU", "samples"):
+        png_size(tmp_path / "run" / "plots" / f"{name}.png")

@@ -44,7 +44,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_run_directory_holds_config_checkpoints_metrics_logs_and_plot(trained_run):
+def test_run_directory_holds_config_checkpoints_metrics_logs_and_plots(trained_run, png_size):
     cfg, out, results = trained_run
     saved = mv.load_config(out / "config.yaml")
     assert saved.model.input_size == [64, 64] and saved.train.epochs == 2
@@ -57,7 +57,11 @@ def test_run_directory_holds_config_checkpoints_metrics_logs_and_plot(trained_ru
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert {"loss", "top1", "top5", "val_loss", "val_top1", "val_top5", "lr"} <= set(rows[0])
     assert any((out / "logs").rglob("events.out.tfevents.*"))
-    assert (out / "plots" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("curves", "confusion_matrix", "samples"):   # and the same in TensorBoard
+        png_size(out / "plots" / f"{name}.png")
+    data = json.loads((out / "data.json").read_text())            # written before training
+    assert data["splits"]["train"]["images"] == 41 and data["splits"]["val"]["images"] == 16
+    assert data["splits"]["val"]["images_per_class"]["circle"] == 4 and not data["warnings"]
     written = json.loads((out / "eval.json").read_text())
     assert written["top1"] == pytest.approx(results["top1"])
     assert written["num_examples"] == 15  # 16 listed, the empty PNG counts in no metric
@@ -76,11 +80,20 @@ def test_existing_run_is_kept_unless_resume_or_overwrite(trained_run):
 
 def test_evaluate_command_prints_metrics_as_last_line(trained_run, capsys):
     _, out, results = trained_run
+    (out / "plots" / "samples.png").unlink()
     assert main(["evaluate", "--config", str(out / "config.yaml")]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    metrics = json.loads(last)
+    lines = capsys.readouterr().out.strip().splitlines()
+    metrics = json.loads(lines[-1])
     assert metrics["top1"] == pytest.approx(results["top1"], abs=1e-6)
     assert set(metrics) >= {"top1", "top5", "cross_entropy", "num_examples"}
+    # Before it, the per-class table; the pictures are drawn again.
+    table = lines[-8:-1]
+    assert table[0].split() == ["class", "accuracy"] and table[-1].split()[0] == "mean"
+    assert [line.split()[0] for line in table[1:-1]] == ["circle", "hexagon", "square", "star",
+                                                         "triangle"]
+    assert (out / "plots" / "samples.png").exists()
+    saved = json.loads((out / "eval.json").read_text())["per_class_accuracy"]
+    assert float(table[1].split()[1]) == pytest.approx(saved["circle"], abs=1e-4)
 
 
 def test_predict_command_writes_images_and_json(trained_run, shapes_folders, tmp_path):
