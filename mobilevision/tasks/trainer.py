@@ -323,6 +323,10 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
 
     task = get_task(cfg)
     task.prepare_data()
+    # The model first: a detector's anchors, which its training targets need, come from the
+    # maps its head built.
+    with strategy.scope():
+        model = task.build_model()
     train_ds, n_train = task.build_dataset(cfg.data.train_split, training=True)
     val_ds = task.build_dataset(cfg.data.val_split, training=False)[0] if task.fit_validation else None
     names = getattr(task, "class_names", None)
@@ -341,7 +345,6 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
 
     initial_epoch, best = 0, None
     with strategy.scope():
-        model = task.build_model()
         if replicas > 1 and cfg.distribute.sync_batchnorm:
             dist.synchronize_batchnorm(model)
         task.compile(model, steps)
