@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from mobilevision.batchnorm import BatchNormalization
+
 # Table 2 of the paper: expansion t, output channels c, repeats n, first stride s.
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
           (6, 160, 3, 2), (6, 320, 1, 1))
@@ -114,7 +116,7 @@ def feature_specs(alpha: float = 1.0, output_stride: int = 32) -> dict[str, tupl
 
 
 def _bn(momentum: float, name: str):
-    return layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, momentum=momentum, name=name)
+    return BatchNormalization(axis=-1, epsilon=BN_EPSILON, momentum=momentum, name=name)
 
 
 def _inverted_residual(x, b: Block, momentum: float, reg):

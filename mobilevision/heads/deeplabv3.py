@@ -16,6 +16,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from mobilevision.batchnorm import BatchNormalization
+
 # Atrous rates of the three ASPP branches per stride of the head's feature map (the backbone's
 # output stride for the default tap). 6/12/18 at stride 16 and 12/24/36 at 8 are DeepLabv3's; at
 # 32 the map is half the size of 16's, so the rates are halved too (3/6/9) to look at the same
@@ -37,7 +39,7 @@ def aspp_rates(stride: int, rates=None) -> tuple[int, ...]:
 def _conv_bn_relu(x, filters, kernel, name, rate=1, momentum=0.9997, reg=None):
     x = layers.Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False,
                       kernel_regularizer=reg, name=name)(x)
-    x = layers.BatchNormalization(epsilon=1e-5, momentum=momentum, name=f"{name}_BN")(x)
+    x = BatchNormalization(epsilon=1e-5, momentum=momentum, name=f"{name}_BN")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

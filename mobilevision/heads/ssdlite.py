@@ -32,6 +32,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from mobilevision.batchnorm import BatchNormalization
+
 EXTRA_DEPTHS = (512, 256, 256, 128)
 MIN_DEPTH = 16
 BN_MOMENTUM = 0.9997  # ssdlite_mobilenet_v2_coco.config: batch_norm { decay: 0.9997 }
@@ -49,7 +51,7 @@ def extra_layer_depths(depth_multiplier: float = 1.0, extra_depths=EXTRA_DEPTHS,
 
 
 def _bn(momentum, name):
-    return layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, momentum=momentum, name=name)
+    return BatchNormalization(axis=-1, epsilon=BN_EPSILON, momentum=momentum, name=name)
 
 
 def _conv_bn_relu(x, filters, name, momentum, reg, init):
