@@ -4,7 +4,7 @@ For every demo it makes an empty folder, runs `scripts/train.py --config <demo>`
 process (so the wall time includes interpreter start, imports, generating the shapes data,
 training, the evaluations during training and the final evaluation of the best checkpoint), then
 reads the run's `eval.json` and `metrics.csv` and checks the demo's bar: its metric at least the
-target, in at most 15 minutes. The table gives each demo's metric, wall time and verdict; the JSON
+target, within its time (5 or 10 minutes). The table gives each demo's metric, wall time and verdict; the JSON
 (`benchmarks/results/demos.json` unless --json-out) adds the per-epoch validation curve, the data
 generation time, and the setup.
 
@@ -34,11 +34,12 @@ from common import utc_timestamp, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# config -> (metric in eval.json, at least, wall seconds at most): the issues' bars.
+# config -> (metric in eval.json, at least, wall seconds at most): issue 13's bars (before it:
+# top1 0.9, AP50 0.7, mIoU 0.75, each in 15 minutes).
 DEMOS = {
-    "shapes_classifier.yaml": ("top1", 0.9, 900),
-    "shapes_ssdlite.yaml": ("AP50", 0.7, 900),
-    "shapes_deeplabv3.yaml": ("mIoU", 0.75, 900),
+    "shapes_classifier.yaml": ("top1", 0.95, 300),
+    "shapes_ssdlite.yaml": ("AP50", 0.85, 600),
+    "shapes_deeplabv3.yaml": ("mIoU", 0.80, 600),
 }
 
 
