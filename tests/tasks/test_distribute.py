@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 import mobilevision as mv
+from mobilevision.tasks import get_task
 from mobilevision.tasks.trainer import TrainingError, checkpoint_state, train
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -66,8 +67,13 @@ def runs(shapes_folders, tiny_overrides, tmp_path_factory, opened_files):
     root = tmp_path_factory.mktemp("distribute")
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     data = {i: root / f"data_worker{i}" for i in (0, 1)}
-    for copy in data.values():
+    for i, copy in data.items():
         shutil.copytree(shapes_folders, copy)
+        # Built once here, so that whatever a worker reads only to set up (a reader's checks,
+        # a cache kept beside the data) is already done and the watch sees the training reads.
+        cfg = mv.load_config("shapes_classifier.yaml",
+                             tiny_overrides(copy, **{**SETTINGS, **RUNS[f"worker{i}"]}))
+        get_task(cfg).build_dataset(cfg.data.train_split, training=True)
     watch = opened_files([d for copy in data.values() for d in (copy / "train").iterdir()])
     procs = {"one_step": subprocess.Popen(
         [sys.executable, "-c", ONE_STEP, json.dumps(_one_step_configs(root / "one_step"))],
@@ -152,7 +158,6 @@ def test_two_workers_end_with_the_same_weights_and_only_the_chief_writes(runs):
     assert any((chief / "logs").rglob("events.out.tfevents.*"))
     assert "worker 1 finished; the chief writes the run folder" in runs["worker1"]["stdout"]
     # The chief's checkpoint holds the weights both workers ended with.
-    from mobilevision.tasks import get_task
     from mobilevision.tasks.trainer import weights_fingerprint
 
     cfg = mv.load_config(chief / "config.yaml", ["distribute.strategy=default"])
