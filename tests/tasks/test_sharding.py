@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import mobilevision as mv
+from mobilevision.data.decode import is_image_file
 from mobilevision.data.pipeline import shard
 from mobilevision.data.shapes import ensure_shapes
 from mobilevision.tasks import get_task
@@ -30,31 +31,37 @@ def _one_epoch(ds) -> list:
 
 
 def _read_by_each_worker(task, folders, opened_files):
-    """-> (one device's batches, [batches of pipeline i], [files pipeline i opened]) of one
-    epoch of the training split. Every dataset is built first: the readers parse the split
-    then (COCO and VOC check every file's header), and only the epoch's reads are watched."""
+    """-> ({"single": one device's batches of one epoch of the training split, "batches":
+    [pipeline i's], "opened": the image files one device opened, "shares": [pipeline i's]}).
+    Every dataset is built first, so what is read only to set up (the COCO and VOC readers check
+    every file's header when they parse a split) is not watched: only the epochs' reads are."""
     single, _ = task.build_dataset("train", training=True)
     shares = [task.build_dataset("train", training=True, input_context=_context(i))[0]
               for i in (0, 1)]
-    batches, opened = [], []
+    result = {"batches": [], "shares": []}
     with opened_files(folders) as watch:
         for ds in shares:
-            batches.append(_one_epoch(ds))
-            opened.append(watch.take())
-    return _one_epoch(single), batches, opened
+            result["batches"].append(_one_epoch(ds))
+            result["shares"].append([str(p) for p in watch.take() if is_image_file(p)])
+        result["single"] = _one_epoch(single)
+        result["opened"] = [str(p) for p in watch.take() if is_image_file(p)]
+    return result
 
 
-def _check_shares(single, batches, opened, train_files, global_batch):
-    train_files = {str(p) for p in train_files}
-    halves = [[str(p) for p in files] for files in opened]
+def _check_shares(read, photos, global_batch):
+    """The two pipelines opened disjoint halves of what one device opens in an epoch (which
+    holds every training photo), each file once, and made batches of global / 2 whose rows
+    interleave into one device's batches: worker i's rows of batch k are rows i, i + 2, ... of
+    the one-device batch k."""
+    everything = set(read["opened"])
+    assert {str(p) for p in photos} <= everything
+    halves = read["shares"]
     for files in halves:
         assert len(files) == len(set(files)), "a file was read twice in one epoch"
-        assert set(files) <= train_files
     assert not set(halves[0]) & set(halves[1])
-    assert set(halves[0]) | set(halves[1]) == train_files  # every file, by exactly one worker
+    assert set(halves[0]) | set(halves[1]) == everything  # every file, by exactly one worker
     assert len(halves[0]) == len(halves[1])
-    # Per-worker batches of global / 2; worker i's rows of batch k are rows i, i + 2, ... of
-    # the one-device batch k.
+    single, batches = read["single"], read["batches"]
     assert len(batches[0]) == len(batches[1]) == len(single) > 0
     for k, whole in enumerate(single):
         for i in (0, 1):
@@ -71,8 +78,9 @@ def test_classifier_workers_read_disjoint_halves(shapes_folders, tiny_overrides,
     shutil.copytree(shapes_folders, root)
     task = get_task(mv.load_config("shapes_classifier.yaml", tiny_overrides(root)))
     folders = sorted(p for p in (root / "train").iterdir() if p.is_dir())
-    single, batches, opened = _read_by_each_worker(task, folders, opened_files)
-    _check_shares(single, batches, opened, [f for d in folders for f in d.iterdir()], 8)
+    photos = [f for d in folders for f in d.iterdir() if is_image_file(f)]
+    assert len(photos) == 40
+    _check_shares(_read_by_each_worker(task, folders, opened_files), photos, 8)
 
 
 def test_detector_workers_read_disjoint_halves(tmp_path, opened_files):
@@ -82,9 +90,9 @@ def test_detector_workers_read_disjoint_halves(tmp_path, opened_files):
         f"data.root={tmp_path}", "model.input_size=[96,96]", "train.batch_size=4",
         *[f"data.shapes.{k}={v}" for k, v in params.items()]]))
     folder = tmp_path / "train" / "images"
-    single, batches, opened = _read_by_each_worker(task, [folder], opened_files)
-    assert len(single) == 4
-    _check_shares(single, batches, opened, list(folder.iterdir()), 4)
+    read = _read_by_each_worker(task, [folder], opened_files)
+    assert len(read["single"]) == 4
+    _check_shares(read, [f for f in folder.iterdir() if is_image_file(f)], 4)
 
 
 def test_segmenter_workers_read_disjoint_halves(tmp_path, opened_files):
@@ -93,11 +101,10 @@ def test_segmenter_workers_read_disjoint_halves(tmp_path, opened_files):
     task = get_task(mv.load_config("shapes_deeplabv3.yaml", [
         f"data.root={tmp_path}", "model.input_size=[64,64]", "train.batch_size=8",
         *[f"data.shapes.{k}={v}" for k, v in params.items()]]))
-    folders = [tmp_path / "JPEGImages", tmp_path / "SegmentationClass"]
-    single, batches, opened = _read_by_each_worker(task, folders, opened_files)
-    train = [f for d in folders for f in d.iterdir() if f.name.startswith("train_")]
-    assert len(train) == 32  # 16 photos and their label maps
-    _check_shares(single, batches, opened, train, 8)
+    folders = [tmp_path / "JPEGImages", tmp_path / "SegmentationClass"]  # photos, label maps
+    photos = [f for f in folders[0].iterdir() if f.name.startswith("train_")]
+    assert len(photos) == 16
+    _check_shares(_read_by_each_worker(task, folders, opened_files), photos, 8)
 
 
 @pytest.mark.parametrize("n, workers", [(10, 2), (11, 2), (11, 3), (5, 4)])
