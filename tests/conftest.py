@@ -105,3 +105,69 @@ def png_size():
     """png_size(path, min_side=100, max_side=3000, max_bytes=1 MiB) -> (width, height) of a PNG
     checked to decode and to be of a sensible size."""
     return _png_size
+
+
+class OpenedFiles:
+    """The files opened in some folders, in the order they were opened, by any process (Linux
+    inotify IN_OPEN events): what a pipeline read, whichever code decodes it, and without
+    strace. Use as a context manager; `take()` returns the files opened since the last call.
+    (inotify merges an event into an identical one not yet read, so a file opened twice in a
+    row may appear once.)"""
+
+    IN_OPEN, IN_ISDIR, IN_Q_OVERFLOW = 0x20, 0x40000000, 0x4000
+
+    def __init__(self, folders):
+        import ctypes
+        import sys
+        from pathlib import Path
+
+        if not sys.platform.startswith("linux"):
+            pytest.skip("counting opened files needs Linux inotify")
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.folders = {}
+        for folder in folders:
+            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(folder), self.IN_OPEN)
+            if wd < 0:
+                raise OSError(ctypes.get_errno(), f"inotify_add_watch {folder}")
+            self.folders[wd] = Path(folder)
+
+    def take(self) -> list:
+        """[Path] of the files opened since the watch began or the last take(), in order."""
+        import struct
+
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        opened, offset = [], 0
+        while offset < len(data):
+            wd, mask, _, size = struct.unpack_from("iIII", data, offset)
+            name = data[offset + 16: offset + 16 + size].rstrip(b"\0")
+            offset += 16 + size
+            assert not mask & self.IN_Q_OVERFLOW, "inotify queue overflowed: events were lost"
+            if name and not mask & self.IN_ISDIR:  # the folder itself being listed: not a file
+                opened.append(self.folders[wd] / os.fsdecode(name))
+        return opened
+
+    def close(self):
+        os.close(self.fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.fixture(scope="session")
+def opened_files():
+    """opened_files(folders) -> an `OpenedFiles` watch on those folders (a context manager)."""
+    return OpenedFiles

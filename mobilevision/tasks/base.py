@@ -73,8 +73,13 @@ class Task:
     def _build_model(self) -> keras.Model:
         raise NotImplementedError
 
-    def build_dataset(self, split: str, training: bool):
-        """-> (tf.data.Dataset of (images, targets) batches, number of examples)."""
+    def build_dataset(self, split: str, training: bool, input_context=None):
+        """-> (tf.data.Dataset of (images, targets) batches, number of examples in the split).
+
+        input_context: for training under a strategy that shards input (multi_worker, tpu), the
+        tf.distribute.InputContext of this worker's pipeline: the dataset then reads only the
+        worker's share of the split (`data.pipeline.shard`, before anything is read) and makes
+        per-replica batches (`data.pipeline.per_replica_batch`)."""
         raise NotImplementedError
 
     def compile(self, model: keras.Model, steps_per_epoch: int) -> None:

@@ -81,14 +81,17 @@ class ClassificationTask(Task):
             self._listed[split] = paths, labels
         return self._listed[split]
 
-    def build_dataset(self, split: str, training: bool):
+    def build_dataset(self, split: str, training: bool, input_context=None):
         """-> (dataset, number of listed examples). Training batches are (images float32
         (B, H, W, 3) in 0..255, one-hot labels (B, K)); evaluation batches add a sample weight
-        (B,) that is 0 for an unreadable file."""
+        (B,) that is 0 for an unreadable file. input_context (training only): the
+        tf.distribute.InputContext of one worker's pipeline, which then reads only its share
+        and makes per-replica batches (`pipeline.shard`)."""
         import tensorflow as tf
 
         from mobilevision.data import augment
         from mobilevision.data.pipeline import AUTOTUNE, decode_file, options, with_seeds
+        from mobilevision.data.pipeline import per_replica_batch, shard
 
         cfg, d = self.cfg, self.cfg.data
         size = tuple(cfg.model.input_size)
@@ -99,6 +102,7 @@ class ClassificationTask(Task):
             ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
             if training:
                 ds = ds.shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)
+                ds = shard(ds, n, input_context)
 
             def load(path, label):
                 image, ok = decode_file(path)
@@ -110,7 +114,8 @@ class ClassificationTask(Task):
         else:
             from mobilevision.data.tfds_reader import load_tfds
 
-            ds, info = load_tfds(d.tfds.name, split, d.tfds.data_dir)
+            ds, info = load_tfds(d.tfds.name, split, d.tfds.data_dir,
+                                 input_context if training else None)
             self._check_num_classes(list(info.features[d.tfds.label_key].names))
             n = info.splits[split].num_examples
             ds = ds.map(lambda ex: (ex[d.tfds.image_key], tf.cast(ex[d.tfds.label_key], tf.int32)),
@@ -134,8 +139,9 @@ class ClassificationTask(Task):
                     image = augment.random_flip(image, s2)
                 return image, tf.one_hot(label, k)
 
-            ds = with_seeds(ds, cfg.seed).map(train_map, num_parallel_calls=AUTOTUNE)
-            ds = ds.batch(cfg.train.batch_size, drop_remainder=n >= cfg.train.batch_size)
+            ds = with_seeds(ds, cfg.seed, input_context).map(train_map, num_parallel_calls=AUTOTUNE)
+            ds = ds.batch(per_replica_batch(cfg.train.batch_size, input_context),
+                          drop_remainder=n >= cfg.train.batch_size)
         else:
             # Evaluation keeps every listed file in place (the dataset's length stays known) and
             # gives an unreadable one weight 0, so it counts in no metric.

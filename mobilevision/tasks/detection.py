@@ -145,13 +145,17 @@ class DetectionTask(Task):
     def class_names(self) -> list[str]:
         return self.coco(self.cfg.data.train_split).category_names
 
-    def build_dataset(self, split: str, training: bool):
+    def build_dataset(self, split: str, training: bool, input_context=None):
         """Training: (images (B, H, W, 3) float32 0..255, {"boxes": (B, A, 4), "classes": (B, A)}).
-        Evaluation: (images, image indices (B,)) in record order, for `evaluate`."""
+        Evaluation: (images, image indices (B,)) in record order, for `evaluate`.
+        input_context (training only): the tf.distribute.InputContext of one worker's pipeline,
+        which then reads only its share and makes per-replica batches (`pipeline.shard`).
+        -> (dataset, number of records)."""
         import tensorflow as tf
 
         from mobilevision.data import detection_augment as aug
         from mobilevision.data.pipeline import AUTOTUNE, decode_file, options, with_seeds
+        from mobilevision.data.pipeline import per_replica_batch, shard
         from mobilevision.ops.matcher import encode_targets
 
         cfg, d = self.cfg, self.cfg.data
@@ -165,7 +169,12 @@ class DetectionTask(Task):
                 return (ex[d.tfds.image_key], objects["bbox"], tf.cast(objects["label"], tf.int32) + 1,
                         objects["is_crowd"], tf.constant(True), tf.cast(index, tf.int32))
 
-            ds = self._tfds[split].enumerate().map(load, num_parallel_calls=AUTOTUNE)
+            examples = self._tfds[split]
+            if training and input_context is not None:  # this worker's share, read alone
+                from mobilevision.data.tfds_reader import load_tfds
+
+                examples = load_tfds(d.tfds.name, split, d.tfds.data_dir, input_context)[0]
+            ds = examples.enumerate().map(load, num_parallel_calls=AUTOTUNE)
         else:
             lengths = [len(r.boxes) for r in records]
             flat = lambda key, dt, shape: np.concatenate(  # noqa: E731
@@ -182,6 +191,7 @@ class DetectionTask(Task):
 
             if training:
                 ds = ds.shuffle(max(n, 1), seed=cfg.seed, reshuffle_each_iteration=True)
+                ds = shard(ds, n, input_context)
             ds = ds.map(load, num_parallel_calls=AUTOTUNE)
         if not training:
             def eval_map(image, boxes, labels, crowd, ok, index):
@@ -215,8 +225,9 @@ class DetectionTask(Task):
                                           iou_threshold=cfg.model.head.iou_threshold)
             return tf.ensure_shape(image, [*size, 3]), {"boxes": box_t, "classes": cls_t}
 
-        ds = with_seeds(ds, cfg.seed).map(train_map, num_parallel_calls=AUTOTUNE)
-        ds = ds.batch(cfg.train.batch_size, drop_remainder=n >= cfg.train.batch_size)
+        ds = with_seeds(ds, cfg.seed, input_context).map(train_map, num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(per_replica_batch(cfg.train.batch_size, input_context),
+                      drop_remainder=n >= cfg.train.batch_size)
         return ds.prefetch(AUTOTUNE).with_options(options()), n
 
     # Decoding: one body, in TensorFlow ops, for evaluation, predict and every export ----------

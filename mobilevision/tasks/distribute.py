@@ -163,6 +163,16 @@ def is_multi_worker(strategy) -> bool:
     return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
 
 
+def shards_input(strategy) -> bool:
+    """Whether each worker builds the training data for its own share of the examples
+    (`distribute_datasets_from_function`, tf.distribute's InputContext) instead of one dataset
+    that tf.distribute splits: under multi_worker and tpu, where every worker (host) has its own
+    input pipeline and would otherwise read and decode the whole split to keep 1/N of it."""
+    import tensorflow as tf
+
+    return is_multi_worker(strategy) or isinstance(strategy, tf.distribute.TPUStrategy)
+
+
 def worker_role(strategy) -> tuple[str, int, bool]:
     """(task type, index, is chief) of this process. The chief is the `chief` task, or worker 0
     of a cluster without one; a single process is its own chief."""
@@ -231,6 +241,9 @@ def patch_fit(model) -> None:
     strategy = model.distribute_strategy
 
     def as_symbolic(spec):
+        # Data from `distribute_datasets_from_function` on a worker with several replicas is
+        # specified per replica; every replica's spec is the same.
+        spec = getattr(spec, "_value_specs", (spec,))[0]
         return keras.KerasTensor((None, *spec.shape[1:]), spec.dtype.name)
 
     def maybe_symbolic_build(self, iterator=None, data_batch=None):

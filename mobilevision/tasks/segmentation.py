@@ -120,15 +120,18 @@ class SegmentationTask(Task):
     def class_names(self) -> list[str]:
         return self.dataset(self.cfg.data.train_split).class_names
 
-    def build_dataset(self, split: str, training: bool):
+    def build_dataset(self, split: str, training: bool, input_context=None):
         """Training: (images (B, H, W, 3) float32 0..255, labels (B, H, W) int32, 255 = ignore),
         augmented. Evaluation: unbatched (image (h, w, 3) uint8, label (h, w) uint8, index,
         ok) at each image's own size, in record order; ok is False for an unreadable file.
+        input_context (training only): the tf.distribute.InputContext of one worker's pipeline,
+        which then reads only its share and makes per-replica batches (`pipeline.shard`).
         -> (dataset, number of records)."""
         import tensorflow as tf
 
         from mobilevision.data.decode import ImageDecodeError
         from mobilevision.data.pipeline import AUTOTUNE, options, with_seeds
+        from mobilevision.data.pipeline import per_replica_batch, shard
         from mobilevision.data.segmentation import load_example
         from mobilevision.data.segmentation_augment import train_transform
         from mobilevision.data.skips import SKIPPED
@@ -162,14 +165,16 @@ class SegmentationTask(Task):
         size = tuple(cfg.model.input_size)
         a = d.augment
         ds = ds.shuffle(max(n, 1), seed=cfg.seed, reshuffle_each_iteration=True)
+        ds = shard(ds, n, input_context)
         ds = ds.map(load, num_parallel_calls=AUTOTUNE).filter(lambda i, l, idx, ok: ok)
 
         def train_map(example, seed):
             image, label, _, _ = example
             return train_transform(image, label, seed, size, tuple(a.scale_range), a.flip)
 
-        ds = with_seeds(ds, cfg.seed).map(train_map, num_parallel_calls=AUTOTUNE)
-        ds = ds.batch(cfg.train.batch_size, drop_remainder=n >= cfg.train.batch_size)
+        ds = with_seeds(ds, cfg.seed, input_context).map(train_map, num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(per_replica_batch(cfg.train.batch_size, input_context),
+                      drop_remainder=n >= cfg.train.batch_size)
         return ds.prefetch(AUTOTUNE).with_options(options()), n
 
     # Inference -----------------------------------------------------------------------------------

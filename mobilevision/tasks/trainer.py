@@ -327,7 +327,7 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     # maps its head built.
     with strategy.scope():
         model = task.build_model()
-    train_ds, n_train = task.build_dataset(cfg.data.train_split, training=True)
+    train_ds, n_train = _training_data(task, strategy)
     val_ds = task.build_dataset(cfg.data.val_split, training=False)[0] if task.fit_validation else None
     names = getattr(task, "class_names", None)
     if names and chief:
@@ -336,12 +336,13 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         from mobilevision.report import write_data_report
 
         write_data_report(task, [cfg.data.train_split, cfg.data.val_split], run)
-    # Repeat and count steps: an epoch stays the same length when unreadable files are skipped.
+    # The training data repeats; an epoch is counted in steps, so it stays the same length when
+    # unreadable files are skipped.
     steps = cfg.train.steps_per_epoch or task.steps_per_epoch(n_train)
-    train_ds = train_ds.repeat()
     if multi_worker:
-        # Every worker reads the same seeded order and keeps its share of each global batch.
-        train_ds, val_ds = (_shard_by_data(ds) for ds in (train_ds, val_ds))
+        # Validation (the classifier's top-1 in fit): every worker reads the whole split and
+        # evaluates its part of each batch, so each example counts once.
+        val_ds = _shard_by_data(val_ds)
 
     initial_epoch, best = 0, None
     with strategy.scope():
@@ -461,6 +462,37 @@ def _best_so_far(folder: Path, mode: str):
     if not values:
         return None
     return max(values) if mode == "max" else min(values)
+
+
+def _training_data(task, strategy):
+    """-> (the training data for `fit`, repeated, number of examples in the split).
+
+    Where each worker has its own input pipeline (multi_worker, tpu: `dist.shards_input`), each
+    builds the dataset of its own share, read and decoded alone, in per-replica batches
+    (tf.distribute's InputContext); the workers' batch k together are one device's batch k.
+    Otherwise one dataset of global batches, which a `mirrored` strategy splits over the
+    devices. Repeated, with `steps_per_epoch` counted from the split: an epoch stays the same
+    length when unreadable files are skipped, and a worker whose share runs out first never
+    leaves the others waiting in an all-reduce."""
+    from mobilevision.tasks import distribute as dist
+
+    split = task.cfg.data.train_split
+    if not dist.shards_input(strategy):
+        ds, n = task.build_dataset(split, training=True)
+        return ds.repeat(), n
+    counts = []
+
+    def share(input_context):
+        ds, n = task.build_dataset(split, training=True, input_context=input_context)
+        count = input_context.num_input_pipelines
+        print(f"input pipeline {input_context.input_pipeline_id + 1} of {count}: reads "
+              f"{n // count} of the {n} training examples an epoch, in batches of "
+              f"{input_context.get_per_replica_batch_size(task.cfg.train.batch_size)} per replica")
+        counts.append(n)
+        return ds.repeat()
+
+    ds = strategy.distribute_datasets_from_function(share)  # calls `share` here, once a worker
+    return ds, counts[0]
 
 
 def _shard_by_data(ds):

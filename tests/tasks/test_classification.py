@@ -111,6 +111,21 @@ def test_tfds_dataset_from_local_data_dir(tmp_path, make_task):
     assert n == 7 and images.shape == (7, 64, 64, 3)
     train, _ = task.build_dataset("train", training=True)
     assert next(iter(train))[0].shape == (8, 64, 64, 3)
+    # Two workers: each reads an even, disjoint half (example i is 40 + i rows high), in
+    # batches of 4.
+    import tensorflow as tf
+
+    from mobilevision.data.tfds_reader import load_tfds
+
+    halves = []
+    for i in (0, 1):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
+                                             num_replicas_in_sync=2)
+        ds, _ = load_tfds("mv_test_shapes", "train", str(tmp_path), context)
+        halves.append({int(ex["image"].shape[0]) - 40 for ex in ds})
+        share, n = task.build_dataset("train", training=True, input_context=context)
+        assert n == 16 and [x.shape[0] for x, _ in share] == [4, 4]
+    assert len(halves[0]) == len(halves[1]) == 8 and halves[0] | halves[1] == set(range(16))
     with pytest.raises(DatasetError, match=r"'mv_test_shapes' has no split 'test'"):
         task.build_dataset("test", training=False)
     missing = get_task(mv.load_config(None, ["data.format=tfds", "data.tfds.name=imagenet2012",

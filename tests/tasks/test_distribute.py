@@ -19,6 +19,7 @@ gradients of the detector and the segmenter directly.
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +29,8 @@ from pathlib import Path
 import pytest
 
 import mobilevision as mv
+from mobilevision.data.decode import is_image_file
+from mobilevision.tasks import get_task
 from mobilevision.tasks.trainer import TrainingError, checkpoint_state, train
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -57,11 +60,22 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def runs(shapes_folders, tiny_overrides, tmp_path_factory):
-    """{name: {"out": run folder, "stdout": text, "loss": first-epoch loss or None}}, and
-    "one_step": the one-step report (ONE_STEP below); all six processes run at once."""
+def runs(shapes_folders, tiny_overrides, tmp_path_factory, opened_files):
+    """{name: {"out": run folder, "stdout": text, "loss": first-epoch loss or None}},
+    "one_step": the one-step report (ONE_STEP below), and "opened": {worker index: [training
+    files it opened, in order, relative to its data folder]}; all six processes run at once.
+    Each worker reads its own copy of the data, so the files each opens can be told apart."""
     root = tmp_path_factory.mktemp("distribute")
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    data = {i: root / f"data_worker{i}" for i in (0, 1)}
+    for i, copy in data.items():
+        shutil.copytree(shapes_folders, copy)
+        # Built once here, so that whatever a worker reads only to set up (a reader's checks,
+        # a cache kept beside the data) is already done and the watch sees the training reads.
+        cfg = mv.load_config("shapes_classifier.yaml",
+                             tiny_overrides(copy, **{**SETTINGS, **RUNS[f"worker{i}"]}))
+        get_task(cfg).build_dataset(cfg.data.train_split, training=True)
+    watch = opened_files([d for copy in data.values() for d in (copy / "train").iterdir()])
     procs = {"one_step": subprocess.Popen(
         [sys.executable, "-c", ONE_STEP, json.dumps(_one_step_configs(root / "one_step"))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)}
@@ -73,7 +87,8 @@ def runs(shapes_folders, tiny_overrides, tmp_path_factory):
                                            "task": {"type": "worker", "index": int(name[-1])}})
         args = [sys.executable, str(SCRIPTS / "train.py"), "--config", "shapes_classifier.yaml",
                 "--output", str(root / name),
-                *tiny_overrides(shapes_folders, **{**SETTINGS, **extra})]
+                *tiny_overrides(data[int(name[-1])] if name.startswith("worker")
+                                else shapes_folders, **{**SETTINGS, **extra})]
         procs[name] = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True, env=env)
     results = {}
@@ -90,12 +105,18 @@ def runs(shapes_folders, tiny_overrides, tmp_path_factory):
                 header, first = metrics.read_text().splitlines()[:2]
                 loss = float(dict(zip(header.split(","), first.split(",")))["loss"])
             results[name] = {"out": root / name, "stdout": out, "loss": loss}
+        opened = watch.take()
+        results["opened"] = {i: [p.relative_to(copy) for p in opened if copy in p.parents]
+                             for i, copy in data.items()}
     finally:
+        watch.close()
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
     print("first-epoch loss:", {name: r["loss"] for name, r in results.items()  # shown with -s
-                                if name != "one_step"}, "one step:", results["one_step"])
+                                if name not in ("one_step", "opened")},
+          "one step:", results["one_step"],
+          "training files opened:", {i: len(p) for i, p in results["opened"].items()})
     return results
 
 
@@ -138,7 +159,6 @@ def test_two_workers_end_with_the_same_weights_and_only_the_chief_writes(runs):
     assert any((chief / "logs").rglob("events.out.tfevents.*"))
     assert "worker 1 finished; the chief writes the run folder" in runs["worker1"]["stdout"]
     # The chief's checkpoint holds the weights both workers ended with.
-    from mobilevision.tasks import get_task
     from mobilevision.tasks.trainer import weights_fingerprint
 
     cfg = mv.load_config(chief / "config.yaml", ["distribute.strategy=default"])
@@ -149,6 +169,27 @@ def test_two_workers_end_with_the_same_weights_and_only_the_chief_writes(runs):
     model.load_weights(chief / "checkpoints" / "last.weights.h5")
     assert weights_fingerprint(model) == sha[0]
     assert runs["worker0"]["loss"] == pytest.approx(runs["one"]["loss"], rel=REPLICA_RTOL)
+
+
+def test_each_worker_reads_only_its_share_of_the_training_images(runs, shapes_folders):
+    """Each of the two workers builds its training data for its own half of the 40 images and
+    opens only those: in the first epoch (whose files are all opened before any file of the
+    second: the data repeats only when a pass has ended) the workers' files are disjoint, and
+    each worker opens each of its files once. Under the DATA auto-shard policy both workers read
+    the same images, all of them."""
+    n = sum(1 for f in (shapes_folders / "train").rglob("*") if is_image_file(f))
+    share = n // 2
+    assert n == 40
+    epoch_one = []
+    for i in (0, 1):
+        assert f"input pipeline {i + 1} of 2: reads {share} of the {n} training examples an " \
+               f"epoch, in batches of 8 per replica" in runs[f"worker{i}"]["stdout"]
+        opened = [p for p in runs["opened"][i] if is_image_file(p)]
+        first = list(dict.fromkeys(opened))[:share]
+        assert opened[:len(first)] == first  # no file opened twice within the epoch
+        assert len(first) >= SETTINGS["train.steps_per_epoch"] * 8  # what its two steps used
+        epoch_one.append(set(first))
+    assert not epoch_one[0] & epoch_one[1]
 
 
 def test_strategy_errors_are_clear(shapes_folders, tiny_overrides, tmp_path, monkeypatch):
