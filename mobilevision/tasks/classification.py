@@ -88,7 +88,8 @@ class ClassificationTask(Task):
         import tensorflow as tf
 
         from mobilevision.data import augment
-        from mobilevision.data.pipeline import AUTOTUNE, decode_file, options, with_seeds
+        from mobilevision.data.pipeline import (AUTOTUNE, decode_file, image_files, options,
+                                                with_seeds)
 
         cfg, d = self.cfg, self.cfg.data
         size = tuple(cfg.model.input_size)
@@ -96,6 +97,7 @@ class ClassificationTask(Task):
         if d.format == "folder":
             paths, labels = self._listing(split)
             n = len(paths)
+            paths = image_files(paths, d.decode)  # the rows decode_file reads
             ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
             if training:
                 ds = ds.shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)

@@ -151,7 +151,8 @@ class DetectionTask(Task):
         import tensorflow as tf
 
         from mobilevision.data import detection_augment as aug
-        from mobilevision.data.pipeline import AUTOTUNE, decode_file, options, with_seeds
+        from mobilevision.data.pipeline import (AUTOTUNE, decode_file, image_files, options,
+                                                with_seeds)
         from mobilevision.ops.matcher import encode_targets
 
         cfg, d = self.cfg, self.cfg.data
@@ -171,13 +172,14 @@ class DetectionTask(Task):
             flat = lambda key, dt, shape: np.concatenate(  # noqa: E731
                 [getattr(r, key).astype(dt).reshape(shape) for r in records]) if n else np.zeros(shape, dt)
             ds = tf.data.Dataset.from_tensor_slices({
-                "path": [r.path for r in records], "index": np.arange(n, dtype=np.int32),
+                "image": image_files([r.path for r in records], d.decode),
+                "index": np.arange(n, dtype=np.int32),
                 "boxes": tf.RaggedTensor.from_row_lengths(flat("boxes", np.float32, (-1, 4)), lengths),
                 "labels": tf.RaggedTensor.from_row_lengths(flat("labels", np.int32, (-1,)), lengths),
                 "crowd": tf.RaggedTensor.from_row_lengths(flat("iscrowd", bool, (-1,)), lengths)})
 
             def load(ex):
-                image, ok = decode_file(ex["path"])
+                image, ok = decode_file(ex["image"])
                 return image, ex["boxes"], ex["labels"], ex["crowd"], ok, ex["index"]
 
             if training:
