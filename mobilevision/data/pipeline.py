@@ -33,9 +33,6 @@ JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 _EMPTY = np.zeros((1, 1, 3), np.uint8)
 
 
-# Python (Pillow) path -----------------------------------------------------------------------------
-
-
 def _decode_or_skip(path: bytes):
     path = path.decode("utf-8")
     try:
@@ -43,13 +40,6 @@ def _decode_or_skip(path: bytes):
     except ImageDecodeError as e:
         SKIPPED.add(path, e.reason)
         return _EMPTY, False
-
-
-def _decode_python(path):
-    image, ok = tf.numpy_function(_decode_or_skip, [path], [tf.uint8, tf.bool], stateful=False)
-    image.set_shape([None, None, 3])
-    ok.set_shape([])
-    return image, ok
 
 
 # Graph path ---------------------------------------------------------------------------------------
@@ -186,6 +176,16 @@ def decode_file(row):
     image, ok = read_verified(row, lambda c: graph_decode_image(c, row["orientation"]),
                               tf.constant(_EMPTY))
     return tf.ensure_shape(image, [None, None, 3]), ok
+
+
+def _decode_python(path):
+    """path: scalar string tensor -> (image (h, w, 3) uint8, ok bool), decoded by Pillow in
+    `tf.numpy_function` (`data.decode=python`); an unreadable file gives ok=False and is recorded
+    in `SKIPPED` with its path and reason when the pipeline reaches it."""
+    image, ok = tf.numpy_function(_decode_or_skip, [path], [tf.uint8, tf.bool], stateful=False)
+    image.set_shape([None, None, 3])
+    ok.set_shape([])
+    return image, ok
 
 
 def with_seeds(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:

@@ -88,13 +88,14 @@ class ClassificationTask(Task):
         import tensorflow as tf
 
         from mobilevision.data import augment
-        from mobilevision.data.pipeline import (AUTOTUNE, decode_file, image_files, options,
-                                                with_seeds)
+        from mobilevision.data.pipeline import AUTOTUNE, decode_file, options, with_seeds
 
         cfg, d = self.cfg, self.cfg.data
         size = tuple(cfg.model.input_size)
         k = cfg.model.num_classes
         if d.format == "folder":
+            from mobilevision.data.pipeline import image_files
+
             paths, labels = self._listing(split)
             n = len(paths)
             paths = image_files(paths, d.decode)  # the rows decode_file reads

@@ -151,8 +151,7 @@ class DetectionTask(Task):
         import tensorflow as tf
 
         from mobilevision.data import detection_augment as aug
-        from mobilevision.data.pipeline import (AUTOTUNE, decode_file, image_files, options,
-                                                with_seeds)
+        from mobilevision.data.pipeline import AUTOTUNE, decode_file, options, with_seeds
         from mobilevision.ops.matcher import encode_targets
 
         cfg, d = self.cfg, self.cfg.data
@@ -168,6 +167,8 @@ class DetectionTask(Task):
 
             ds = self._tfds[split].enumerate().map(load, num_parallel_calls=AUTOTUNE)
         else:
+            from mobilevision.data.pipeline import image_files
+
             lengths = [len(r.boxes) for r in records]
             flat = lambda key, dt, shape: np.concatenate(  # noqa: E731
                 [getattr(r, key).astype(dt).reshape(shape) for r in records]) if n else np.zeros(shape, dt)
