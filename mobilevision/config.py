@@ -24,6 +24,7 @@ from mobilevision.version import __version__
 
 TASKS = ("classification", "detection", "segmentation")
 DATA_FORMATS = ("folder", "tfds", "coco", "voc")
+DECODE_MODES = ("graph", "python")  # see mobilevision/data/pipeline.py
 SYNTHETIC = ("shapes",)
 OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "exponential", "cosine")
@@ -125,6 +126,9 @@ SCHEMA: dict[str, Field] = {
     "data.classes_file": Field("classes.txt", "str", nullable=True,
                                help="segmentation: class names one a line, background first, under "
                                     "data.root; voc without the file: the 21 VOC classes"),
+    "data.decode": Field("graph", "str", DECODE_MODES,
+                         help="image files: 'graph' decodes in TensorFlow ops after a one-time, "
+                              "cached check against Pillow; 'python' decodes each with Pillow"),
     "data.skip_invalid": Field(False, "bool",
                                help="skip (and count) bad annotations and missing images"),
     "data.tfds.name": Field(None, "str", nullable=True, help="TFDS dataset name, e.g. imagenet2012"),

@@ -83,6 +83,13 @@ def test_head_taps_default_per_task_and_are_checked_before_building():
         load_config("shapes_ssdlite.yaml", ["model.backbone.name=mobilenet_v3"])
 
 
+def test_data_decode_defaults_to_the_graph_and_is_checked():
+    assert load_config("shapes_ssdlite.yaml").data.decode == "graph"
+    with pytest.raises(ConfigError, match=r"key 'data.decode' must be one of 'graph', 'python', "
+                                          r"got 'pillow'"):
+        load_config("shapes_ssdlite.yaml", ["data.decode=pillow"])
+
+
 def test_deeplab_tap_without_default_rates_is_refused():
     with pytest.raises(ConfigError, match=r"reads 'block_3_expand_relu' at stride 4, which has no "
                                           r"default ASPP rates .* set key 'model.head.aspp_rates'"):

@@ -77,9 +77,18 @@ def read_image(path) -> np.ndarray:
         ImageDecodeError: missing, unreadable, empty, truncated, corrupt or non-image file.
     """
     name = _path_str(path)
+    return decode_image_bytes(read_file_bytes(name), path=name)
+
+
+def read_file_bytes(path) -> bytes:
+    """The contents of an image file (str, os.PathLike or bytes path).
+
+    Raises ImageDecodeError (file not found, a directory, permission denied, cannot read) naming
+    the file, with the reasons `read_image` reports."""
+    name = _path_str(path)
     try:
         with open(name, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise ImageDecodeError(name, "file not found") from None
     except IsADirectoryError:
@@ -88,7 +97,6 @@ def read_image(path) -> np.ndarray:
         raise ImageDecodeError(name, "permission denied") from None
     except OSError as e:
         raise ImageDecodeError(name, f"cannot read file ({e.strerror or e})") from None
-    return decode_image_bytes(data, path=name)
 
 
 def image_size(path) -> tuple[int, int]:
@@ -187,15 +195,21 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
     return pixels
 
 
-def _apply_exif_orientation(image: Image.Image) -> Image.Image:
-    """Rotate/flip as the EXIF orientation tag says; only copy when there is something to do."""
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation 1..8 that `decode_image_bytes` applies to an opened Pillow image:
+    1 (as stored) when the tag is missing, malformed or not one of 2..8."""
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:
         # A malformed EXIF block is common in the wild; like every other viewer we then show the
         # pixels as stored rather than rejecting an otherwise good image.
-        return image
-    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return 1
+    return orientation if orientation in (2, 3, 4, 5, 6, 7, 8) else 1
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """Rotate/flip as the EXIF orientation tag says; only copy when there is something to do."""
+    if exif_orientation(image) != 1:
         transposed = ImageOps.exif_transpose(image)
         if transposed is not None:
             return transposed

@@ -97,8 +97,11 @@ class ClassificationTask(Task):
         size = tuple(cfg.model.input_size)
         k = cfg.model.num_classes
         if d.format == "folder":
+            from mobilevision.data.pipeline import image_files
+
             paths, labels = self._listing(split)
             n = len(paths)
+            paths = image_files(paths, d.decode)  # the rows decode_file reads
             ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
             if training:
                 ds = ds.shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)

@@ -176,17 +176,20 @@ class DetectionTask(Task):
                 examples = load_tfds(d.tfds.name, split, d.tfds.data_dir, input_context)[0]
             ds = examples.enumerate().map(load, num_parallel_calls=AUTOTUNE)
         else:
+            from mobilevision.data.pipeline import image_files
+
             lengths = [len(r.boxes) for r in records]
             flat = lambda key, dt, shape: np.concatenate(  # noqa: E731
                 [getattr(r, key).astype(dt).reshape(shape) for r in records]) if n else np.zeros(shape, dt)
             ds = tf.data.Dataset.from_tensor_slices({
-                "path": [r.path for r in records], "index": np.arange(n, dtype=np.int32),
+                "image": image_files([r.path for r in records], d.decode),
+                "index": np.arange(n, dtype=np.int32),
                 "boxes": tf.RaggedTensor.from_row_lengths(flat("boxes", np.float32, (-1, 4)), lengths),
                 "labels": tf.RaggedTensor.from_row_lengths(flat("labels", np.int32, (-1,)), lengths),
                 "crowd": tf.RaggedTensor.from_row_lengths(flat("iscrowd", bool, (-1,)), lengths)})
 
             def load(ex):
-                image, ok = decode_file(ex["path"])
+                image, ok = decode_file(ex["image"])
                 return image, ex["boxes"], ex["labels"], ex["crowd"], ok, ex["index"]
 
             if training:

@@ -26,6 +26,19 @@ _EMPTY_LABEL = np.full((1, 1), IGNORE_LABEL, np.uint8)
 _PAD_VALUE = 127.5  # the pixel value the backbone's preprocessing maps to 0
 
 
+def _report_misfit(path):
+    """A graph op: print that `path`'s image and label map no longer have one size; -> False."""
+    import sys
+
+    import tensorflow as tf
+
+    report = tf.print(tf.strings.join(["mobilevision: skipped ", path, " - its image and label "
+                                       "map are no longer the same size (changed since the split "
+                                       "was read)"]), output_stream=sys.stderr)
+    with tf.control_dependencies([report]):
+        return tf.constant(False)
+
+
 def _ceil_to(value: float, multiple: int = 32) -> int:
     return max(multiple, int(np.ceil(value / multiple - 1e-9)) * multiple)
 
@@ -157,6 +170,9 @@ class SegmentationTask(Task):
             ok.set_shape([])
             return image, label, index, ok
 
+        if d.decode == "graph":
+            load = self._graph_loader(records)
+
         ds = tf.data.Dataset.from_tensor_slices(np.arange(n, dtype=np.int32))
         if not training:
             ds = ds.map(load, num_parallel_calls=AUTOTUNE)
@@ -176,6 +192,49 @@ class SegmentationTask(Task):
         ds = ds.batch(per_replica_batch(cfg.train.batch_size, input_context),
                       drop_remainder=n >= cfg.train.batch_size)
         return ds.prefetch(AUTOTUNE).with_options(options()), n
+
+    def _graph_loader(self, records):
+        """index int32 scalar -> (image (h, w, 3) uint8, label (h, w) uint8, index, ok), decoded
+        in the graph from the verified files (`pipeline.image_files`, `verify_label_maps`): a
+        palette or 16-bit label map through its 8-bit grayscale copy, so the indices stay exact.
+        COCO records paint their label maps from polygons, in Python (`coco_label_map`)."""
+        import tensorflow as tf
+
+        from mobilevision.data.pipeline import (decode_file, graph_decode_label, image_files,
+                                                read_verified)
+        from mobilevision.data.segmentation import coco_label_map
+        from mobilevision.data.verify import verify_label_maps
+
+        images = image_files([r.path for r in records], "graph")
+        images = {k: tf.constant(v) for k, v in images.items()}
+        masks = [r.mask_path for r in records]
+        if all(masks):
+            labels = {k: tf.constant(v) for k, v in verify_label_maps(masks).table().items()}
+        elif any(masks):  # pragma: no cover - every reader gives all or none
+            raise ValueError("records mix label-map files and COCO objects")
+        else:
+            labels = None
+
+        def painted(index):
+            label = tf.numpy_function(lambda i: coco_label_map(records[int(i)]), [index],
+                                      tf.uint8, stateful=False)
+            return tf.ensure_shape(label, [None, None]), tf.constant(True)
+
+        def load(index):
+            image, ok = decode_file({k: tf.gather(v, index) for k, v in images.items()})
+            if labels is None:
+                label, label_ok = painted(index)
+            else:
+                label, label_ok = read_verified({k: tf.gather(v, index) for k, v in labels.items()},
+                                                graph_decode_label, tf.constant(_EMPTY_LABEL))
+            # Sizes were checked when the split was read; a file changed since is skipped, not
+            # cropped into a misaligned example.
+            fits = tf.reduce_all(tf.equal(tf.shape(label), tf.shape(image)[:2]))
+            ok = ok & label_ok
+            ok = tf.cond(ok & ~fits, lambda: _report_misfit(images["path"][index]), lambda: ok)
+            return image, tf.ensure_shape(label, [None, None]), index, ok
+
+        return load
 
     # Inference -----------------------------------------------------------------------------------
     def _model_at(self, model, size, sync: bool):

@@ -47,6 +47,15 @@ def test_training_order_repeats_for_the_same_seed(shapes_folders, make_task):
     assert not np.array_equal(first[0], other)
 
 
+def test_graph_and_python_decoding_give_the_same_batches(shapes_folders, make_task):
+    """data.decode=graph (the default) and python: the same files, order and seeded crops, so the
+    same pixels to the last bit."""
+    graph, python = (next(iter(make_task(shapes_folders, f"data.decode={mode}").build_dataset(
+        "train", True)[0])) for mode in ("graph", "python"))
+    for a, b in zip(graph, python):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_corrupt_images_are_skipped_and_reported_by_path(shapes_folders, tmp_path, make_task):
     root = tmp_path / "data"
     shutil.copytree(shapes_folders, root)

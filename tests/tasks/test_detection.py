@@ -52,6 +52,16 @@ def test_training_batches_carry_encoded_targets(shapes_det):
     assert (classes > 0).sum() > 0  # objects were matched to anchors
 
 
+def test_graph_and_python_decoding_give_the_same_batches(shapes_det):
+    """data.decode=graph (the default) and python: the same pixels, boxes and targets."""
+    tasks = [_task(shapes_det, f"data.decode={mode}") for mode in ("graph", "python")]
+    tasks[1]._map_sizes = tasks[0].feature_sizes  # one model build for the anchors of both
+    graph, python = (next(iter(t.build_dataset("train", training=True)[0])) for t in tasks)
+    np.testing.assert_array_equal(graph[0].numpy(), python[0].numpy())
+    for key in ("boxes", "classes"):
+        np.testing.assert_array_equal(graph[1][key].numpy(), python[1][key].numpy())
+
+
 def test_flip_and_zoom_out_move_boxes_with_the_pixels():
     image = np.zeros((40, 60, 3), np.float32)
     image[10:20, 5:15] = 255.0  # a white box at y 10..20, x 5..15

@@ -102,6 +102,15 @@ def test_model_and_training_batches(shapes_seg):
     assert values <= {0, 1, 2, 3, 4, 5, 255} and len(values - {0, 255}) > 0
 
 
+def test_graph_and_python_decoding_give_the_same_batches(shapes_seg):
+    """data.decode=graph (the default; palette label maps through grayscale copies) and python:
+    the same pixels and the same class indices."""
+    graph, python = (next(iter(_task(shapes_seg, f"data.decode={mode}").build_dataset(
+        "train", training=True)[0])) for mode in ("graph", "python"))
+    for a, b in zip(graph, python):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_evaluation_runs_at_each_images_own_resolution(shapes_seg):
     # The model takes 32 x 32; the images are 64 x 64: logits are resized back, so every
     # non-ignored pixel of the original label maps is counted once.
