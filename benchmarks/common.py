@@ -17,6 +17,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+
+class BenchmarkError(RuntimeError):
+    """A problem with the benchmark's setup that the user can fix (a peer Python that cannot run
+    the peer script, ...): `run_benchmark` prints it as '<prog>: error: ...' and returns 2."""
+
+
 # Arguments --------------------------------------------------------------------------------------
 
 
@@ -106,17 +112,24 @@ def time_pipeline(ds, batches: int, warmup: int, min_seconds: float = 2.0) -> tu
 
 
 def alternating_fit(models: dict, ds, batch_size: int, steps: int, warmup: int, repeats: int,
-                    log) -> tuple[dict, dict]:
+                    log, others: dict | None = None) -> tuple[dict, dict]:
     """Time the train step of each of `models` ({name: compiled model}) on `ds`, `repeats` rounds
     alternating the models in their order. A model's first run traces its train step during
     `warmup` untimed steps; later runs need one (new iterator, caches the other model evicted).
-    Returns ({name: [images/s per run]}, {name: median images/s})."""
-    runs = {name: [] for name in models}
+    others: {name: fn(steps, warmup) -> images/s}, train steps timed elsewhere (a PyTorch peer
+    in a subprocess), run after the models in each round with the same steps and warmups, so
+    drift of a busy machine hits every one of them alike.
+    Returns ({name: [images/s per run]}, {name: median images/s}) over models and others."""
+    others = others or {}
+    runs = {name: [] for name in [*models, *others]}
     for i in range(repeats):
         run_warmup = warmup if i == 0 else min(warmup, 1)
         for name, model in models.items():
             log(f"[{i + 1}/{repeats}] train step, {name} ...")
             runs[name].append(time_fit(model, ds, batch_size, steps, run_warmup))
+        for name, fn in others.items():
+            log(f"[{i + 1}/{repeats}] train step, {name} ...")
+            runs[name].append(fn(steps, run_warmup))
     return runs, {name: statistics.median(v) for name, v in runs.items()}
 
 
@@ -163,9 +176,11 @@ def table_width(rows) -> int:
 
 
 def table_lines(rows, width: int) -> list[str]:
-    """The 'images/s  runs' heading and one line per row of (label, value, value format, note)."""
+    """The 'images/s  runs' heading and one line per row of (label, value, value format, note);
+    a value of None leaves the value column blank (a figure that was not measured)."""
     lines = [f"  {'':{width}s}{'images/s':>9s}   runs"]
-    lines += [f"  {label:{width}s}{value:9{fmt}}   {note}" for label, value, fmt, note in rows]
+    lines += [f"  {label:{width}s}{'-' if value is None else format(value, fmt):>9s}   {note}"
+              for label, value, fmt, note in rows]
     return lines
 
 
@@ -233,13 +248,14 @@ def versions() -> dict:
 
 def run_benchmark(prog: str, args, run, format_table) -> int:
     """Run `run(args)` -> result dict, add its "seconds", print `format_table(result)` and write
-    the JSON to args.json_out. A config error prints '<prog>: error: ...' and returns 2."""
+    the JSON to args.json_out. A config error or a BenchmarkError prints '<prog>: error: ...'
+    and returns 2."""
     from mobilevision.config import ConfigError
 
     t0 = time.perf_counter()
     try:
         result = run(args)
-    except ConfigError as e:
+    except (ConfigError, BenchmarkError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     result["seconds"] = round(time.perf_counter() - t0, 1)

@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""Detection speed: SSDLite training images/s against a PyTorch peer, the input pipeline, and
-Keras inference latency.
+"""Detection speed: SSDLite training images/s against two PyTorch peers measured in the same
+run, the input pipeline, and Keras inference latency.
 
     python benchmarks/detection_speed.py                  # coco_ssdlite.yaml: alpha 1.0, 320 px, batch 8
-    python benchmarks/detection_speed.py --quick          # smoke test, under a minute on 2 cores
+    python benchmarks/detection_speed.py --peer-python peer/bin/python   # and the PyTorch peers
+    python benchmarks/detection_speed.py --quick          # smoke test, about a minute on 2 cores
     python benchmarks/detection_speed.py --compare-bf16   # float32 and mixed_bfloat16 train steps
     python benchmarks/detection_speed.py model.head.loss=focal
 
-A benchmark, not a test. Our figures are measured in this process; the PyTorch figure is not:
+A benchmark, not a test. Every figure is measured in this run:
 
 1. Train step. Our detector (task.build_model + task.compile: the config's optimizer, schedule,
    SSD loss with hard negative mining, weight decay; jit_compile=False as the trainer leaves it
@@ -16,9 +17,23 @@ A benchmark, not a test. Our figures are measured in this process; the PyTorch f
    `matcher.encode_targets`, so the loss has positives). Only the train step is timed, by a
    callback, after warmup steps. With --compare-bf16 a float32 and a mixed_bfloat16 model run
    alternately and the medians are compared.
-   The verdict compares the images/s with PEER_IMAGES_PER_SEC, a PyTorch SSDLite320 train step
-   at batch 8 with 2 threads on this machine, measured elsewhere (issue 3) and written here as a
-   constant: target >= 2x. It is only comparable at batch 8, 320 px, alpha 1.0.
+   The PyTorch peers (torch_peer.py, run under --peer-python or $MOBILEVISION_PEER_PYTHON in a
+   subprocess, so torch is never imported here nor a dependency of the toolkit) train at the
+   same batch and size, on as many threads as ours, alternating with ours: ours, peer a,
+   peer b, ours, ... (--repeats rounds, the same --steps and --warmup; medians):
+   a. torchvision's ssdlite320_mobilenet_v3_large (weights=None, weights_backbone=None), our
+      class count (K + 1 logits, not torchvision's default 91), SGD momentum 0.9 as torchvision's
+      reference recipe, 1-4 random boxes per image matched to its anchors inside its step.
+   b. Our network built from torchvision parts: mobilenet_v2 features (our alpha) tapped at
+      block 13's expansion (576 channels, stride 16) and the final 1280-channel conv, the SSDLite
+      extras and torchvision's SSDLiteHead with our anchors per location (the same anchor count,
+      trainable parameters and MAdds as ours), our loss written in torch on our encoded targets,
+      our config's optimizer.
+   Each gets images/s and MAdds/s (forward MAdds per image x images/s; ours from profile_model,
+   the peers' from torch's FlopCounterMode, FLOPs / 2), and ours / peer is judged against the
+   targets >= 1.0x peer a and >= 1.2x peer b (issue 13) at batch 8, 320 px, alpha 1.0. Without a
+   peer Python the ratios are reported as NOT MEASURED. Peer b needs our default network
+   (mobilenet_v2, output stride 32, the default taps); other configs leave it NOT MEASURED.
 2. What limits it. The forward pass alone (inference mode, same batch) and the loss alone (on
    fixed outputs) are timed, so train step = forward + loss + the rest (backward, optimizer
    update, BatchNorm statistics). MAdds from `profile_model` turn times into achieved GMAC/s.
@@ -43,8 +58,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -54,18 +72,23 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    alternating_fit, apply_defaults, check_counts, check_sizes, config_name, device_description,
-    fmt_runs, make_log, pipeline_runs, run_benchmark, table_lines, table_width, time_fit,
-    utc_timestamp, versions)
+    BenchmarkError, alternating_fit, apply_defaults, check_counts, check_sizes, config_name,
+    device_description, fmt_runs, make_log, pipeline_runs, run_benchmark, table_lines,
+    table_width, time_fit, utc_timestamp, versions)
 
-# The peer: a PyTorch SSDLite320 train step at batch 8, 320x320, 2 threads, on this 2-core
-# machine. MEASURED ELSEWHERE (figure documented in issue 3), NOT IN THIS PROCESS; only
-# comparable when this script runs at batch 8, 320 px, alpha 1.0 on the same machine, idle.
-PEER_IMAGES_PER_SEC = 14.5
-PEER_SETUP = {"batch_size": 8, "size": 320, "alpha": 1.0}
-PEER_DESCRIPTION = ("PyTorch SSDLite320 train step, batch 8, 320 px, 2 threads, this machine "
-                    "(documented in issue 3, not measured here)")
-TARGET_RATIO = 2.0  # ours / peer
+# The PyTorch peers, measured in this run by torch_peer.py under --peer-python (a subprocess:
+# torch is never imported here). Targets are ours / peer images/s (issue 13), judged only at the
+# setup they were set for.
+PEER_SCRIPT = Path(__file__).resolve().parent / "torch_peer.py"
+PEER_PYTHON_ENV = "MOBILEVISION_PEER_PYTHON"
+PEERS = {"a": "torchvision ssdlite320_mobilenet_v3_large",
+         "b": "our network from torchvision parts"}
+PEER_TARGETS = {"a": 1.0, "b": 1.2}
+TARGET_SETUP = {"batch_size": 8, "size": 320, "alpha": 1.0}
+# What peer b rebuilds: our default detector network (mobilevision.backbones.mobilenet_v2
+# HEAD_TAPS["detection"] at output stride 32).
+PEER_B_TAPS = ("block_13_expand_relu", "out_relu")
+DISTINCT_BATCHES = 4  # fixed random batches cycled over, ours and the peers'
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "detection_speed.json"
 FULL = {"batch_size": 8, "size": 320, "steps": 15, "warmup": 3, "repeats": 3,
@@ -78,8 +101,8 @@ SHAPES_CLASSES = 5  # the synthetic shapes dataset's classes
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Images/s of our SSDLite train step (vs a documented PyTorch figure), of the "
-                    "input pipeline alone, and Keras inference latency.",
+        description="Images/s of our SSDLite train step and of two PyTorch peers in the same run "
+                    "(with --peer-python), of the input pipeline alone, and Keras inference latency.",
         epilog="Trailing key=value arguments override the config (e.g. model.backbone.alpha=0.5). "
                "--size and --batch-size win over model.input_size and train.batch_size.")
     p.add_argument("--config", default="coco_ssdlite.yaml",
@@ -99,8 +122,16 @@ def parse_args(argv=None):
                    help="time the train step under float32 and mixed_bfloat16 alternately and "
                         "report the speed-up (inference uses --precision)")
     p.add_argument("--threads", type=int, default=None,
-                   help="TensorFlow intra- and inter-op threads (default: TF's choice, all cores; "
-                        "the peer used 2)")
+                   help="TensorFlow intra- and inter-op threads, and the PyTorch peers' (default: "
+                        "TF's choice, all cores; the peers get the cores this process may use)")
+    p.add_argument("--peer-python", default=os.environ.get(PEER_PYTHON_ENV) or None,
+                   metavar="PATH",
+                   help="a Python with torch and torchvision (its own venv) that runs the PyTorch "
+                        "peers in a subprocess, alternating with ours (default: "
+                        f"${PEER_PYTHON_ENV}); without one the ratios are NOT MEASURED")
+    p.add_argument("--peers", default="a,b",
+                   help="the peers to measure: a (torchvision ssdlite320_mobilenet_v3_large), "
+                        "b (our network built from torchvision parts) (default: %(default)s)")
     p.add_argument("--pipeline-images", type=int, default=None,
                    help="shapes COCO images generated for the pipeline; default 48 (--quick: 16)")
     p.add_argument("--file-size", default=None, metavar="H[xW]",
@@ -111,13 +142,27 @@ def parse_args(argv=None):
     p.add_argument("--json-out", default=str(DEFAULT_JSON),
                    help="where to write the figures ('-' for stdout; default: %(default)s)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: alpha 0.35, 160 px, batch 4, 3 steps after 1 warmup, 1 repeat (about 1 min)")
+                   help="smoke test: alpha 0.35, 160 px, batch 4 (the peers: 160 px, batch 4), 3 steps "
+                        "after 1 warmup, 1 repeat (about 1 min)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = p.parse_args(argv)
     apply_defaults(args, QUICK if args.quick else FULL)
     check_counts(p, args, ("batch_size", "steps", "repeats", "pipeline_images", "latency_runs"))
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    args.peers = [v.strip() for v in args.peers.split(",") if v.strip()]
+    if not args.peers or any(v not in PEERS for v in args.peers):
+        p.error(f"--peers: expected a comma-separated list of {', '.join(PEERS)}, got "
+                f"{','.join(args.peers) or 'nothing'}")
+    if args.peer_python:
+        found = (args.peer_python if Path(args.peer_python).is_file()
+                 else shutil.which(args.peer_python))
+        if not found:
+            where = ("--peer-python" if "--peer-python" in " ".join(argv or sys.argv)
+                     else f"${PEER_PYTHON_ENV}")
+            p.error(f"{where}: {args.peer_python} is not a file or a command on PATH (expected "
+                    "a Python with torch and torchvision, e.g. peer/bin/python)")
+        args.peer_python = found
     check_sizes(p, args, min_file_side=32)
     args.precisions = (["float32", "mixed_bfloat16"] if args.compare_bf16 else [args.precision])
     if args.compare_bf16 and args.precision != "float32":
@@ -161,11 +206,13 @@ def random_targets(rng, anchors, num_classes: int, max_boxes: int = 4):
     return encode_targets(anchors, boxes, labels)
 
 
-def random_batches(anchors, batch_size: int, size: int, num_classes: int, seed: int, distinct: int = 4):
+def random_batches(anchors, batch_size: int, size: int, num_classes: int, seed: int,
+                   distinct: int = DISTINCT_BATCHES):
     """An endless tf.data dataset cycling over `distinct` fixed batches of random pixels
     (float32 0..255, as our pipeline yields) with valid SSD targets; prefetched.
     Returns (dataset, one batch (x, y) for the forward / loss timings, mean positive anchors per
-    image)."""
+    image, every target: (box targets (distinct * batch, A, 4) float32, class targets
+    (distinct * batch, A) int32), which peer b trains on)."""
     import numpy as np
     import tensorflow as tf
 
@@ -178,7 +225,7 @@ def random_batches(anchors, batch_size: int, size: int, num_classes: int, seed: 
     ds = tf.data.Dataset.from_tensor_slices((x, {"boxes": box_t, "classes": cls_t}))
     ds = ds.batch(batch_size, drop_remainder=True).cache().repeat().prefetch(tf.data.AUTOTUNE)
     first = (x[:batch_size], {"boxes": box_t[:batch_size], "classes": cls_t[:batch_size]})
-    return ds, first, positives
+    return ds, first, positives, (box_t, cls_t)
 
 
 def with_static_shapes(ds, batch_size: int, size: int, num_anchors: int):
@@ -194,6 +241,161 @@ def with_static_shapes(ds, batch_size: int, size: int, num_anchors: int):
     return ds.map(fix)
 
 
+# The PyTorch peers -----------------------------------------------------------------------------
+
+class TorchPeer:
+    """torch_peer.py running under another Python in a subprocess, one JSON object per line each
+    way (see its docstring). Its stderr goes to a temp file, whose end is shown if it fails."""
+
+    def __init__(self, python: str, argv: list[str]):
+        self.python = python
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        try:
+            self.proc = subprocess.Popen([python, str(PEER_SCRIPT), *argv], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+                                         bufsize=1)
+        except OSError as e:
+            self._stderr.close()
+            raise BenchmarkError(f"--peer-python {python}: cannot run it ({e})") from e
+        self.info = None
+
+    def _stderr_tail(self, chars: int = 3000) -> str:
+        self._stderr.flush()
+        self._stderr.seek(0)
+        text = self._stderr.read().strip()
+        return ("..." + text[-chars:]) if len(text) > chars else text
+
+    def _fail(self, what: str):
+        raise BenchmarkError(f"the PyTorch peer ({self.python} {PEER_SCRIPT.name}) {what}; "
+                             f"its stderr:\n{self._stderr_tail()}\n(--peer-python must be a "
+                             f"Python with torch and torchvision, e.g. a venv made with "
+                             f"pip install torch==2.14.1 torchvision==0.29.1)")
+
+    def _receive(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self._fail(f"exited with status {self.proc.wait()}")
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            self._fail(f"answered {line.strip()[:200]!r} instead of a JSON line")
+        if "error" in message:
+            self._fail(f"failed: {message['error']}")
+        return message
+
+    def ready(self) -> dict:
+        """The peer's {"torch", "torchvision", "threads", "peers": {name: {...}}, ...}, once
+        it has built its models."""
+        if self.info is None:
+            self.info = self._receive()["ready"]
+        return self.info
+
+    def time(self, name: str, steps: int, warmup: int) -> dict:
+        """`warmup` untimed and `steps` timed train steps of peer `name` -> {"images_per_sec",
+        "seconds", "loss", "finite"}."""
+        self.ready()
+        try:
+            self.proc.stdin.write(json.dumps({"time": name, "steps": steps, "warmup": warmup}) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            self._fail(f"stopped reading its input (status {self.proc.wait()})")
+        return self._receive()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write('{"quit": true}\n')
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+
+
+def peer_b_mismatch(cfg) -> str | None:
+    """Why peer b (our default detector network rebuilt in torchvision) would not be our network
+    under `cfg`, or None when it is."""
+    bb, head = cfg.model.backbone, cfg.model.head
+    if bb.name != "mobilenet_v2":
+        return f"model.backbone.name is {bb.name}; peer b is mobilenet_v2"
+    if bb.output_stride != 32:
+        return f"model.backbone.output_stride is {bb.output_stride}; peer b is 32"
+    if tuple(head.features) != PEER_B_TAPS:
+        return f"model.head.features is {list(head.features)}; peer b taps {list(PEER_B_TAPS)}"
+    if not bb.trainable:
+        return "model.backbone.trainable is false; peer b trains its backbone"
+    return None
+
+
+def peer_threads(args) -> int:
+    """The peers' thread count: --threads, else the cores this process may run on (TF's
+    default intra-op count)."""
+    if args.threads:
+        return args.threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def start_peer(args, cfg, task, targets, folder: Path, names: list[str]) -> TorchPeer:
+    """Write our encoded `targets` (box (n, A, 4), class (n, A)) into `folder` as raw arrays for
+    peer b, start torch_peer.py for the peers `names` at our batch, size, classes, width, anchors
+    per location, loss and optimizer, and wait until it has built them."""
+    box_t, cls_t = targets
+    (folder / "boxes.bin").write_bytes(box_t.astype("<f4").tobytes())
+    (folder / "classes.bin").write_bytes(cls_t.astype("<i4").tobytes())
+    o = cfg.train.optimizer
+    optimizer = {"name": o.name, "learning_rate": o.learning_rate, "momentum": o.momentum,
+                 "rho": o.rho, "epsilon": o.epsilon, "weight_decay": cfg.train.weight_decay}
+    peer = TorchPeer(args.peer_python, [
+        "--peers", ",".join(names), "--batch-size", str(args.batch_size), "--size", str(args.size),
+        "--num-classes", str(cfg.model.num_classes), "--alpha", str(cfg.model.backbone.alpha),
+        "--anchors-per-location", ",".join(str(n) for n in task.num_anchors()),
+        "--loss", cfg.model.head.loss, "--neg-pos-ratio", str(cfg.model.head.neg_pos_ratio),
+        "--optimizer", json.dumps(optimizer), "--targets", str(folder),
+        "--distinct", str(DISTINCT_BATCHES), "--threads", str(peer_threads(args)),
+        "--seed", str(cfg.seed)])
+    try:
+        peer.ready()
+    except BaseException:
+        peer.close()
+        raise
+    return peer
+
+
+def peer_results(args, cfg, primary: str, med: dict, runs: dict, losses: dict, info: dict | None,
+                 skipped: dict, ours: dict) -> dict:
+    """The "peers" section of the JSON: each peer's images/s, runs, MAdds/s and the ratio ours /
+    peer with its target; or why it was not measured."""
+    at_target = (args.batch_size == TARGET_SETUP["batch_size"] and args.size == TARGET_SETUP["size"]
+                 and float(cfg.model.backbone.alpha) == TARGET_SETUP["alpha"])
+    out = {"python": args.peer_python, "measured": bool(info), "targets": PEER_TARGETS,
+           "target_setup": TARGET_SETUP, "at_target_setup": at_target,
+           "madds_counted_by": "torch.utils.flop_counter.FlopCounterMode, FLOPs / 2, batch-1 "
+                               "forward of the network (backbone + extras + head)",
+           "gmadds_per_sec": "forward MAdds per image x train images/s"}
+    if not args.peer_python:
+        out["reason"] = f"no --peer-python (or ${PEER_PYTHON_ENV})"
+    if info:
+        out.update({key: info[key] for key in ("torch", "torchvision", "python", "threads",
+                                               "interop_threads")})
+    for name in PEERS:
+        key = f"peer {name}"
+        if key in med:
+            p = dict(info["peers"][name])
+            ratio = med[primary] / med[key]
+            p.update(images_per_sec=med[key], runs=runs[key], losses=losses[name],
+                     gmadds_per_sec=p["madds"] * med[key] / 1e9, ratio=ratio,
+                     target=PEER_TARGETS[name],
+                     meets_target=(ratio >= PEER_TARGETS[name]) if at_target else None)
+            out[name] = {"measured": True, "name": PEERS[name], **p}
+        else:
+            reason = skipped.get(name) or out.get("reason") or "not in --peers"
+            out[name] = {"measured": False, "name": PEERS[name], "reason": reason,
+                         "target": PEER_TARGETS[name]}
+    out["ours"] = ours
+    return out
+
+
 # Report -----------------------------------------------------------------------------------------
 
 def format_table(r: dict) -> str:
@@ -207,12 +409,25 @@ def format_table(r: dict) -> str:
     if "bf16_speedup" in t:
         rows.append(("  speed-up mixed_bfloat16 / float32", t["bf16_speedup"], ".2f",
                      "> 1: bfloat16 helps on this CPU"))
-    peer = r["peer"]
-    rows.append(("  PyTorch SSDLite320 peer (not measured here)", peer["images_per_sec"], ".1f",
-                 "batch 8, 320 px, 2 threads; documented in issue 3"))
-    verdict = (f"target >= {peer['target']:.1f}x: {'OK' if peer['meets_target'] else 'BELOW TARGET'}"
-               if peer["comparable"] else "NOT COMPARABLE: the peer is batch 8, 320 px, alpha 1.0")
-    rows.append((f"  ratio ours ({s['precisions'][0]}) / peer", peer["ratio"], ".2f", verdict))
+    peers = r["peers"]
+    for name, label in PEERS.items():
+        q = peers[name]
+        if q["measured"]:
+            rows.append((f"PyTorch peer {name}: {label}", q["images_per_sec"], ".1f",
+                         fmt_runs(q["runs"])))
+        else:
+            rows.append((f"PyTorch peer {name}: {label}", None, "", f"NOT MEASURED: {q['reason']}"))
+    for name in PEERS:
+        q = peers[name]
+        label = f"  ratio ours ({s['precisions'][0]}) / peer {name}"
+        target = f"target >= {q['target']:.1f}x"
+        if not q["measured"]:
+            rows.append((label, None, "", f"NOT MEASURED ({target})"))
+        elif q["meets_target"] is None:
+            rows.append((label, q["ratio"], ".2f", f"{target} applies at batch 8, 320 px, alpha 1.0"))
+        else:
+            rows.append((label, q["ratio"], ".2f",
+                         f"{target}: {'OK' if q['meets_target'] else 'BELOW TARGET'}"))
     rows.append((f"input pipeline alone ({p['files']} JPEG, {'x'.join(map(str, p['image_size']))})",
                  p["images_per_sec"], ".1f", fmt_runs(p["runs"])))
     rows.append(("  headroom pipeline / train step", p["headroom"], ".2f",
@@ -241,6 +456,7 @@ def format_table(r: dict) -> str:
         *table_lines(rows, width),
     ]
 
+    lines += side_by_side(r)
     one = inf["batch1"]
     lines += ["", f"  inference latency, batch 1 ({s['precisions'][0]}){'':{max(0, width - 34 - len(s['precisions'][0]))}s}"
                   f"{'median ms':>10s} {'p90 ms':>8s}"]
@@ -261,9 +477,41 @@ def format_table(r: dict) -> str:
     for line in b["verdict"]:
         lines.append(f"    {line}")
     if s["quick"]:
-        lines.append("  (--quick is a smoke test: too few steps, and not the peer's setup, for the "
-                     "ratios to mean anything)")
+        lines.append("  (--quick is a smoke test: too few steps, and not the targets' setup, for "
+                     "the ratios to mean anything)")
     return "\n".join(lines)
+
+
+def side_by_side(r: dict) -> list[str]:
+    """Ours and each measured peer: trainable params, MAdds, anchors, logits per anchor,
+    images/s and MAdds/s; empty when no peer was measured."""
+    s, peers = r["setup"], r["peers"]
+    measured = [name for name in PEERS if peers[name]["measured"]]
+    if not measured:
+        return []
+    ours = peers["ours"]
+    rows = [(f"ours, Keras {s['keras']} + TF {s['tensorflow']} ({s['precisions'][0]})", ours,
+             r["train_step"][s["precisions"][0]]["images_per_sec"])]
+    rows += [(f"peer {n}: {PEERS[n]}", peers[n], peers[n]["images_per_sec"]) for n in measured]
+    width = max(len(label) for label, *_ in rows) + 2
+    lines = ["", f"  side by side, same run, alternating (batch {s['batch_size']}, {s['size']} px):",
+             f"    {'':{width}s}{'params':>8s} {'MAdds':>7s} {'anchors':>8s} {'logits':>7s} "
+             f"{'images/s':>9s} {'GMAdds/s':>9s}"]
+    for label, q, ips in rows:
+        lines.append(f"    {label:{width}s}{q['params'] / 1e6:7.2f}M {q['madds'] / 1e9:6.3f}G "
+                     f"{q['num_anchors']:8d} {q['num_classes']:7d} {ips:9.1f} "
+                     f"{q['madds'] * ips / 1e9:9.1f}")
+    lines.append(f"    PyTorch {peers['torch']}, torchvision {peers['torchvision']}, "
+                 f"{peers['threads']} threads (intra and inter-op); MAdds: ours profile_model, the "
+                 f"peers FlopCounterMode FLOPs / 2; GMAdds/s = forward MAdds per image x images/s")
+    if "a" in measured:
+        lines.append("    peer a matches boxes to anchors inside its step (torchvision's SSD); ours "
+                     "and peer b do it in the input pipeline")
+    bad = [n for n in measured
+           if any(v is None or not math.isfinite(v) for v in peers[n]["losses"])]
+    if bad:
+        lines.append(f"    WARNING: peer {', '.join(bad)} reached a non-finite loss")
+    return lines
 
 
 def threads_description() -> str:
@@ -362,10 +610,43 @@ def run(args) -> dict:
     set_precision(cfg)
     model = models[primary]
     stats = profile_model(model)
-    memory_ds, (x_b, y_b), positives = random_batches(anchors, b, s, k, cfg.seed)
+    memory_ds, (x_b, y_b), positives, targets = random_batches(anchors, b, s, k, cfg.seed)
 
-    # Precisions alternate; each model's first run traces its train step during warmup.
-    runs, med = alternating_fit(models, memory_ds, b, args.steps, args.warmup, args.repeats, log)
+    # Precisions and the PyTorch peers alternate: ours, peer a, peer b, ours, ...; each model's
+    # first run traces its train step (the peers' warm up) during warmup.
+    skipped = {}
+    names = [n for n in args.peers if args.peer_python]
+    if "b" in names and peer_b_mismatch(cfg):  # not our network under this config
+        skipped["b"] = peer_b_mismatch(cfg)
+        names.remove("b")
+    peer_info, peer_losses = None, {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="mv_detection_peer_") as peer_dir:
+        peer = None
+        if names:
+            log(f"starting the PyTorch peers ({', '.join(names)}) under {args.peer_python} ...")
+            peer = start_peer(args, cfg, task, targets, Path(peer_dir), names)
+        try:
+            others = {}
+            if peer is not None:
+                peer_info = peer.ready()
+                mine, theirs = len(anchors), peer_info["peers"].get("b", {}).get("num_anchors")
+                if theirs is not None and theirs != mine:
+                    raise BenchmarkError(f"peer b predicts on {theirs} anchors, ours on {mine}: "
+                                         "not the same network")
+
+                def timer(name):
+                    def fn(steps, warmup):
+                        r = peer.time(name, steps, warmup)
+                        peer_losses[name].append(r["loss"])
+                        return r["images_per_sec"]
+                    return fn
+
+                others = {f"peer {n}": timer(n) for n in names}
+            runs, med = alternating_fit(models, memory_ds, b, args.steps, args.warmup,
+                                        args.repeats, log, others=others)
+        finally:
+            if peer is not None:
+                peer.close()
     for prec in args.precisions[1:]:
         del models[prec]
 
@@ -430,11 +711,14 @@ def run(args) -> dict:
     madds = int(stats["madds"])
     dw_share = stats["madds_by_type"]["depthwise"] / max(madds, 1)
     headroom, e2e_ratio = pipe / med[primary], e2e / med[primary]
-    comparable = (b == PEER_SETUP["batch_size"] and s == PEER_SETUP["size"]
-                  and float(alpha) == PEER_SETUP["alpha"])
-    peer_ratio = med[primary] / PEER_IMAGES_PER_SEC
+    trainable = int(sum(math.prod(w.shape) for w in model.trainable_weights))
+    ours = {"params": trainable, "madds": madds, "num_anchors": int(len(anchors)),
+            "num_classes": k + 1, "anchors_per_location": task.num_anchors(),
+            "gmadds_per_sec": madds * med[primary] / 1e9}
+    peers = peer_results(args, cfg, primary, med, runs, peer_losses, peer_info, skipped, ours)
 
-    train_step = {prec: {"images_per_sec": med[prec], "runs": runs[prec]} for prec in args.precisions}
+    train_step = {prec: {"images_per_sec": med[prec], "runs": runs[prec],
+                         "gmadds_per_sec": madds * med[prec] / 1e9} for prec in args.precisions}
     if args.compare_bf16:
         train_step["bf16_speedup"] = med["mixed_bfloat16"] / med["float32"]
 
@@ -449,7 +733,7 @@ def run(args) -> dict:
             "config": config_name(cfg, args.config),
             "overrides": base, "quick": args.quick, "alpha": alpha, "size": s, "batch_size": b,
             "num_classes": k, "num_anchors": int(len(anchors)), "precisions": args.precisions,
-            "params": int(model.count_params()), "madds": madds,
+            "params": int(model.count_params()), "trainable_params": trainable, "madds": madds,
             "madds_by_type": {key: int(v) for key, v in stats["madds_by_type"].items()},
             "optimizer": cfg.train.optimizer.name, "loss": cfg.model.head.loss,
             "neg_pos_ratio": cfg.model.head.neg_pos_ratio, "weight_decay": cfg.train.weight_decay,
@@ -461,10 +745,7 @@ def run(args) -> dict:
             **versions(), "numpy": np.__version__,
         },
         "train_step": train_step,
-        "peer": {"description": PEER_DESCRIPTION, "images_per_sec": PEER_IMAGES_PER_SEC,
-                 "measured_here": False, "setup": PEER_SETUP, "comparable": comparable,
-                 "ratio": peer_ratio, "target": TARGET_RATIO,
-                 "meets_target": comparable and peer_ratio >= TARGET_RATIO},
+        "peers": peers,
         "breakdown": {
             "train_step_ms_per_image": train_ms, "forward_ms_per_image": fwd_ms,
             "loss_ms_per_image": loss_ms, "rest_ms_per_image": rest_ms,
