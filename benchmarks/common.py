@@ -146,6 +146,34 @@ def pipeline_runs(ds, batches: int, warmup: int, repeats: int, log,
     return rates, timed_batches
 
 
+def cpu_sample(pids=()) -> tuple | None:
+    """(CPU time busy on all cores from /proc/stat, wall CPU time of all cores, CPU time of this
+    process and of `pids` from /proc/<pid>/stat, every thread included), all in clock ticks; None
+    where /proc is unreadable. Two samples give `others_share`."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        total = sum(v[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+        busy = total - v[3] - v[4]
+        own = 0
+        for pid in ("self", *pids):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            own += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+    return busy, total, own
+
+
+def others_share(start, end) -> float | None:
+    """The share of all cores that processes other than the sampled ones kept busy between two
+    `cpu_sample`s (0 on an idle machine); None if either sample is missing."""
+    if start is None or end is None:
+        return None
+    busy, total, own = (b - a for a, b in zip(start, end))
+    return max(0.0, (busy - own) / max(total, 1))
+
+
 # Report -----------------------------------------------------------------------------------------
 
 

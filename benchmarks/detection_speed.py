@@ -34,6 +34,9 @@ A benchmark, not a test. Every figure is measured in this run:
    targets >= 1.0x peer a and >= 1.2x peer b (issue 13) at batch 8, 320 px, alpha 1.0. Without a
    peer Python the ratios are reported as NOT MEASURED. Peer b needs our default network
    (mobilenet_v2, output stride 32, the default taps); other configs leave it NOT MEASURED.
+   The share of the cores that other processes kept busy during these timings is reported; above
+   BUSY the ratios are flagged (PyTorch's spinning OpenMP threads lose more than TensorFlow's pool
+   on an oversubscribed machine, so a busy machine's ratios flatter ours).
 2. What limits it. The forward pass alone (inference mode, same batch) and the loss alone (on
    fixed outputs) are timed, so train step = forward + loss + the rest (backward, optimizer
    update, BatchNorm statistics). MAdds from `profile_model` turn times into achieved GMAC/s.
@@ -73,8 +76,8 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, 
 
 from common import (  # noqa: E402
     BenchmarkError, alternating_fit, apply_defaults, check_counts, check_sizes, config_name,
-    device_description, fmt_runs, make_log, pipeline_runs, run_benchmark, table_lines,
-    table_width, time_fit, utc_timestamp, versions)
+    cpu_sample, device_description, fmt_runs, make_log, others_share, pipeline_runs,
+    run_benchmark, table_lines, table_width, time_fit, utc_timestamp, versions)
 
 # The PyTorch peers, measured in this run by torch_peer.py under --peer-python (a subprocess:
 # torch is never imported here). Targets are ours / peer images/s (issue 13), judged only at the
@@ -89,6 +92,7 @@ TARGET_SETUP = {"batch_size": 8, "size": 320, "alpha": 1.0}
 # HEAD_TAPS["detection"] at output stride 32).
 PEER_B_TAPS = ("block_13_expand_relu", "out_relu")
 DISTINCT_BATCHES = 4  # fixed random batches cycled over, ours and the peers'
+BUSY = 0.1  # other processes' share of the cores above which the train-step figures are noisy
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "detection_speed.json"
 FULL = {"batch_size": 8, "size": 320, "steps": 15, "warmup": 3, "repeats": 3,
@@ -406,6 +410,9 @@ def format_table(r: dict) -> str:
     for prec in s["precisions"]:
         v = t[prec]
         rows.append((f"train step, {prec}", v["images_per_sec"], ".1f", fmt_runs(v["runs"])))
+    busy = t.get("others_cpu_share")
+    busy_note = ("" if busy is None or busy <= BUSY
+                 else " (BUSY MACHINE: not an idle figure)")
     if "bf16_speedup" in t:
         rows.append(("  speed-up mixed_bfloat16 / float32", t["bf16_speedup"], ".2f",
                      "> 1: bfloat16 helps on this CPU"))
@@ -427,7 +434,7 @@ def format_table(r: dict) -> str:
             rows.append((label, q["ratio"], ".2f", f"{target} applies at batch 8, 320 px, alpha 1.0"))
         else:
             rows.append((label, q["ratio"], ".2f",
-                         f"{target}: {'OK' if q['meets_target'] else 'BELOW TARGET'}"))
+                         f"{target}: {'OK' if q['meets_target'] else 'BELOW TARGET'}{busy_note}"))
     rows.append((f"input pipeline alone ({p['files']} JPEG, {'x'.join(map(str, p['image_size']))})",
                  p["images_per_sec"], ".1f", fmt_runs(p["runs"])))
     rows.append(("  headroom pipeline / train step", p["headroom"], ".2f",
@@ -452,6 +459,10 @@ def format_table(r: dict) -> str:
         f"  train step: {s['steps']} timed steps per run after {s['warmup']} warmup "
         f"({s['warmup_later_runs']} in later runs), {s['repeats']} run(s) per precision, median; "
         f"{s['positives_per_image']:.1f} positive anchors per image",
+        *([] if busy is None else [
+            f"  other processes kept {100 * busy:.0f}% of the {os.cpu_count()} cores busy while the "
+            f"train steps were timed" + ("" if busy <= BUSY else
+                                         ": A BUSY MACHINE, not an idle machine's figures and ratios")]),
         "",
         *table_lines(rows, width),
     ]
@@ -502,7 +513,7 @@ def side_by_side(r: dict) -> list[str]:
                      f"{q['num_anchors']:8d} {q['num_classes']:7d} {ips:9.1f} "
                      f"{q['madds'] * ips / 1e9:9.1f}")
     lines.append(f"    PyTorch {peers['torch']}, torchvision {peers['torchvision']}, "
-                 f"{peers['threads']} threads (intra and inter-op); MAdds: ours profile_model, the "
+                 f"{peers['threads']} thread{'s' if peers['threads'] != 1 else ''} (intra and inter-op); MAdds: ours profile_model, the "
                  f"peers FlopCounterMode FLOPs / 2; GMAdds/s = forward MAdds per image x images/s")
     if "a" in measured:
         lines.append("    peer a matches boxes to anchors inside its step (torchvision's SSD); ours "
@@ -642,8 +653,13 @@ def run(args) -> dict:
                     return fn
 
                 others = {f"peer {n}": timer(n) for n in names}
+            # What other processes take from the cores while the train steps are timed (ours and
+            # the peer's own CPU time left out): a busy machine says the ratios are not idle ones.
+            pids = [peer.proc.pid] if peer is not None else []
+            cpu_start = cpu_sample(pids)
             runs, med = alternating_fit(models, memory_ds, b, args.steps, args.warmup,
                                         args.repeats, log, others=others)
+            busy = others_share(cpu_start, cpu_sample(pids))
         finally:
             if peer is not None:
                 peer.close()
@@ -719,6 +735,7 @@ def run(args) -> dict:
 
     train_step = {prec: {"images_per_sec": med[prec], "runs": runs[prec],
                          "gmadds_per_sec": madds * med[prec] / 1e9} for prec in args.precisions}
+    train_step["others_cpu_share"] = busy
     if args.compare_bf16:
         train_step["bf16_speedup"] = med["mixed_bfloat16"] / med["float32"]
 
