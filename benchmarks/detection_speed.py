@@ -94,6 +94,8 @@ PEER_B_TAPS = ("block_13_expand_relu", "out_relu")
 DISTINCT_BATCHES = 4  # fixed random batches cycled over, ours and the peers'
 BUSY = 0.1  # other processes' share of the cores above which the train-step figures are noisy
 
+PLAIN = "plain keras"  # the --plain-keras model's name among the timed models
+
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "detection_speed.json"
 FULL = {"batch_size": 8, "size": 320, "steps": 15, "warmup": 3, "repeats": 3,
         "pipeline_images": 48, "latency_runs": 30}
@@ -122,6 +124,13 @@ def parse_args(argv=None):
                         "pipeline runs; medians are reported; default 3 (--quick: 1)")
     p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
                    help="Keras dtype policy of the measured model (default: %(default)s)")
+    p.add_argument("--plain-keras", action="store_true",
+                   help="also time, alternating with ours, the same network as a Keras user would "
+                        "build it without the toolkit (keras.applications MobileNetV2, Keras' own "
+                        "BatchNormalization, a plain Huber + cross-entropy compile; step_profile.py)")
+    p.add_argument("--layers", action="store_true",
+                   help="split our train step by layer type: each layer's forward and backward "
+                        "timed alone, and what the step spends beyond the layers (step_profile.py)")
     p.add_argument("--compare-bf16", action="store_true",
                    help="time the train step under float32 and mixed_bfloat16 alternately and "
                         "report the speed-up (inference uses --precision)")
@@ -487,6 +496,14 @@ def format_table(r: dict) -> str:
                  f"GMAC/s (counted as 3x the forward MAdds); float32 matmul {b['matmul_gmacs']:.0f} GMAC/s")
     for line in b["verdict"]:
         lines.append(f"    {line}")
+    if r.get("plain_keras"):
+        pk = r["plain_keras"]
+        lines += ["", f"  plain Keras build of the same network: {pk['images_per_sec']:.2f} images/s "
+                      f"(runs {fmt_runs(pk['runs'])}); ours / plain {pk['ours_over_plain']:.2f}x"]
+    if r.get("layers"):
+        from step_profile import format_layer_profile
+
+        lines += ["", *format_layer_profile(f"  our train step, batch {s['batch_size']}", r["layers"])]
     if s["quick"]:
         lines.append("  (--quick is a smoke test: too few steps, and not the targets' setup, for "
                      "the ratios to mean anything)")
@@ -622,6 +639,11 @@ def run(args) -> dict:
     model = models[primary]
     stats = profile_model(model)
     memory_ds, (x_b, y_b), positives, targets = random_batches(anchors, b, s, k, cfg.seed)
+    if args.plain_keras:
+        from step_profile import plain_keras_ssdlite
+
+        models[PLAIN] = plain_keras_ssdlite(s, alpha, k, task.anchor_generator,
+                                            cfg.train.optimizer.learning_rate)[0]
 
     # Precisions and the PyTorch peers alternate: ours, peer a, peer b, ours, ...; each model's
     # first run traces its train step (the peers' warm up) during warmup.
@@ -663,8 +685,14 @@ def run(args) -> dict:
         finally:
             if peer is not None:
                 peer.close()
-    for prec in args.precisions[1:]:
+    for prec in [*args.precisions[1:], *([PLAIN] if args.plain_keras else [])]:
         del models[prec]
+    layers = None
+    if args.layers:
+        from step_profile import layer_profile
+
+        log("each layer's forward and backward alone ...")
+        layers = layer_profile(model, x_b, 1000 * b / med[primary], runs=3 if args.quick else 5)
 
     # 2. Forward alone and loss alone, same batch, for the breakdown; inference.
     log("forward, loss and inference timings ...")
@@ -762,6 +790,9 @@ def run(args) -> dict:
             **versions(), "numpy": np.__version__,
         },
         "train_step": train_step,
+        "plain_keras": ({"images_per_sec": med[PLAIN], "runs": runs[PLAIN],
+                         "ours_over_plain": med[primary] / med[PLAIN]} if args.plain_keras else None),
+        "layers": layers,
         "peers": peers,
         "breakdown": {
             "train_step_ms_per_image": train_ms, "forward_ms_per_image": fwd_ms,
