@@ -21,8 +21,6 @@ the one op-level table it gave.)
 
 from __future__ import annotations
 
-import statistics
-import time
 
 
 def _leaves(model, value):
@@ -57,17 +55,6 @@ def layer_type(layer) -> str:
     return name
 
 
-def _median_ms(fn, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
 def layer_profile(model, images, step_ms: float, runs: int = 5) -> dict:
     """Time every leaf layer of `model` on `images` (a batch) and split `step_ms`.
 
@@ -75,6 +62,8 @@ def layer_profile(model, images, step_ms: float, runs: int = 5) -> dict:
     backward), "layers_ms": sum of train_ms, "step_ms", "beyond_layers_ms": step - layers,
     "beyond_share": that over the step}, times per batch."""
     import tensorflow as tf
+
+    from detection_speed import time_calls  # imported here: detection_speed imports this module
 
     rows = {}
     for layer, x in _leaves(model, images):
@@ -95,8 +84,8 @@ def layer_profile(model, images, step_ms: float, runs: int = 5) -> dict:
             return tape.gradient(loss, xs + weights)
 
         fwd = tf.function(forward)
-        f_ms = _median_ms(lambda: fwd(), runs)
-        t_ms = _median_ms(lambda: train(), runs)
+        f_ms = time_calls(lambda: fwd(), runs, warmup=2)["median_ms"]
+        t_ms = time_calls(lambda: train(), runs, warmup=2)["median_ms"]
         row = rows.setdefault(layer_type(layer), {"forward_ms": 0.0, "train_ms": 0.0, "layers": 0})
         row["forward_ms"] += f_ms
         row["train_ms"] += t_ms
