@@ -1,7 +1,7 @@
 """What the console and the run folder say in words: the data report before training
 (`data.json`) and the per-class table after evaluation.
 
-    report = write_data_report(task, ["train", "val"], run)   # prints the block, writes data.json
+    report = write_data_report(source, ["train", "val"], run)   # prints the block, writes data.json
     print(per_class_table(results))                            # AP / IoU / accuracy per class
 """
 
@@ -24,12 +24,12 @@ def _per_class(summary: dict):
     return None, None
 
 
-def data_report(task, splits) -> dict:
-    """{"splits": {split: task.data_summary(split)}, "warnings": [...]}: the first split is the
+def data_report(source, splits) -> dict:
+    """{"splits": {split: source.summary(split)}, "warnings": [...]}: the first split is the
     training split, whose classes without any example are warnings (each named), as are classes
     with no example in the other splits (they are not evaluated)."""
     splits = list(dict.fromkeys(splits))
-    summaries = {split: task.data_summary(split) for split in splits}
+    summaries = {split: source.summary(split) for split in splits}
     warnings = []
     for i, split in enumerate(splits):
         unit, counts = _per_class(summaries[split])
@@ -82,9 +82,9 @@ def format_data_report(report: dict, path=None) -> str:
     return "\n".join(lines)
 
 
-def write_data_report(task, splits, run) -> dict:
+def write_data_report(source, splits, run) -> dict:
     """Write `run`/data.json (atomically), print the block and each warning (stderr)."""
-    report = data_report(task, splits)
+    report = data_report(source, splits)
     path = Path(run) / "data.json"
     atomic_write_json(path, report)
     print(format_data_report(report, path))

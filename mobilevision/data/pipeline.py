@@ -1,4 +1,5 @@
-"""tf.data building blocks shared by the tasks: decoding files robustly, per-example seeds.
+"""The input pipeline: `build_dataset` (one skeleton for every task and format) and its parts:
+decoding files robustly, sharding, per-example seeds.
 
 Images decode in one of two ways (`data.decode`):
 
@@ -11,8 +12,8 @@ Images decode in one of two ways (`data.decode`):
 - "python": every file through Pillow in `tf.numpy_function` (`decode.read_image`), the path the
   verification pass takes as its reference.
 
-Either way a task builds its table with `image_files(paths, mode)`, puts it in
-`from_tensor_slices`, and calls `decode_file(row) -> (image (h, w, 3) uint8, ok)`.
+Either way a source (`data.sources`) builds its table with `image_files(paths, mode)`, puts it in
+`from_tensor_slices`, and its `load` calls `decode_file(row) -> (image (h, w, 3) uint8, ok)`.
 """
 
 from __future__ import annotations
@@ -24,12 +25,10 @@ import tensorflow as tf
 
 from mobilevision.config import DECODE_MODES
 from mobilevision.data.decode import ImageDecodeError, read_image
+from mobilevision.data.graph_decode import content_fingerprint, graph_decode_image
 from mobilevision.data.skips import SKIPPED
 
 AUTOTUNE = tf.data.AUTOTUNE
-# libjpeg's accurate integer IDCT: the one Pillow uses, so a JPEG decodes here to Pillow's pixels
-# exactly (TF's default, INTEGER_FAST, differs from Pillow by up to 6 levels on 60% of pixels).
-JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 _EMPTY = np.zeros((1, 1, 3), np.uint8)
 
 
@@ -40,60 +39,6 @@ def _decode_or_skip(path: bytes):
     except ImageDecodeError as e:
         SKIPPED.add(path, e.reason)
         return _EMPTY, False
-
-
-# Graph path ---------------------------------------------------------------------------------------
-
-
-def orient(image, orientation):
-    """Apply an EXIF orientation in TensorFlow ops, as Pillow's `ImageOps.exif_transpose` does.
-
-    Args:
-      image: (h, w, c) tensor as stored in the file.
-      orientation: int32 scalar 1..8 (anything else is treated as 1).
-    Returns:
-      (h, w, c) for 1-4, (w, h, c) for 5-8: the picture as a viewer shows it.
-    """
-    t = lambda x: tf.transpose(x, [1, 0, 2])  # noqa: E731  (mirror on the main diagonal)
-    branches = [
-        lambda: image,                             # 1: as stored
-        lambda: tf.reverse(image, [1]),            # 2: mirrored left-right
-        lambda: tf.reverse(image, [0, 1]),         # 3: turned 180
-        lambda: tf.reverse(image, [0]),            # 4: mirrored top-bottom
-        lambda: t(image),                          # 5: transposed
-        lambda: tf.reverse(t(image), [1]),         # 6: turn 90 clockwise to display
-        lambda: tf.reverse(t(image), [0, 1]),      # 7: transverse
-        lambda: tf.reverse(t(image), [0]),         # 8: turn 90 counter-clockwise to display
-    ]
-    index = tf.where((orientation >= 1) & (orientation <= 8), orientation - 1, 0)
-    return tf.switch_case(tf.cast(index, tf.int32), branches)
-
-
-def graph_decode_image(contents, orientation):
-    """Encoded bytes (scalar string tensor) and EXIF orientation (int32 scalar) -> (h, w, 3)
-    uint8 RGB, in TensorFlow ops: JPEG with libjpeg's accurate IDCT, PNG/BMP/GIF with
-    `decode_image` (first frame). A truncated JPEG or PNG is an InvalidArgumentError (TF's
-    defaults: `try_recover_truncated=False`, `acceptable_fraction=1`). The verification pass
-    runs this very function and compares it with Pillow before a file is trusted to it."""
-    image = tf.cond(
-        tf.io.is_jpeg(contents),
-        lambda: tf.io.decode_jpeg(contents, channels=3, dct_method=JPEG_DCT_METHOD),
-        lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
-    image = orient(tf.ensure_shape(image, [None, None, 3]), orientation)
-    return tf.ensure_shape(image, [None, None, 3])
-
-
-def graph_decode_label(contents):
-    """Encoded 8-bit grayscale PNG (scalar string tensor) -> (h, w) uint8 values. Only exact for
-    such files: the verification pass routes a palette or 16-bit label map through a copy."""
-    return tf.io.decode_png(contents, channels=1)[..., 0]
-
-
-def content_fingerprint(contents):
-    """Scalar string tensor -> int64 FarmHash fingerprint of the bytes (`to_hash_bucket_fast`,
-    stable across runs and machines; 12 GB/s measured, 8 us for 100 kB). The verification pass
-    records it, and the pipeline compares it before decoding, to catch a file changed since."""
-    return tf.strings.to_hash_bucket_fast(contents, 2**63 - 1)
 
 
 def read_verified(row, decode, empty):
@@ -233,3 +178,47 @@ def options(deterministic: bool = True) -> tf.data.Options:
     opts.deterministic = deterministic
     opts.experimental_optimization.map_parallelization = True
     return opts
+
+
+# The one pipeline skeleton ------------------------------------------------------------------------
+
+
+def build_dataset(source, split: str, *, training: bool, transform=None, batch_size: int = 1,
+                  seed: int = 0, shuffle_buffer: int = 2048, input_context=None):
+    """The tf.data pipeline of a split, for any task and any format.
+
+    Args:
+      source: a `data.sources.Source` (what the split holds and how one example is read).
+      training: shuffle, drop unreadable files, augment with `transform` and batch. Otherwise the
+        examples come one by one, unbatched and in record order, each with its `ok` flag: what
+        evaluation and int8 calibration read.
+      transform: training only, (image (h, w, 3) uint8, target, seed int32 (2,)) -> (inputs,
+        targets) of one example, the task's augmentation and target encoding.
+      batch_size: the global batch (`train.batch_size`); with an input_context each pipeline
+        makes its per-replica share.
+      seed: the run's seed: the order of every epoch and each example's augmentation seed.
+      shuffle_buffer: for sources whose keys are the examples themselves (TFDS).
+      input_context: training under a strategy that shards input (multi_worker, tpu): the
+        tf.distribute.InputContext of this worker's pipeline, which then reads only its share
+        (`shard`, before anything is read) and makes per-replica batches.
+
+    Returns:
+      (dataset, number of examples in the split). Training elements are `transform`'s outputs,
+      batched (the last partial batch dropped when the split holds a full one); evaluation
+      elements (image, target, ok, index).
+    """
+    keys, load, n = source.examples(split, input_context if training else None)
+    if not training:
+        return keys.map(load, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE).with_options(
+            options()), n
+    if source.shuffle_keys:  # the whole list, then this worker's share, before anything is read
+        keys = keys.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+        keys = shard(keys, n, input_context)
+    ds = keys.map(load, num_parallel_calls=AUTOTUNE)
+    if not source.shuffle_keys:
+        ds = ds.shuffle(min(max(n, 1), shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.filter(lambda image, target, ok, index: ok)
+    ds = with_seeds(ds, seed, input_context).map(
+        lambda example, s: transform(example[0], example[1], s), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(per_replica_batch(batch_size, input_context), drop_remainder=n >= batch_size)
+    return ds.prefetch(AUTOTUNE).with_options(options()), n

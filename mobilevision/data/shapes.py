@@ -694,3 +694,15 @@ def _exclusive_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_data(cfg) -> None:
+    """Generate the synthetic dataset of a config on first use (`data.synthetic: shapes`), in
+    the layout its task reads (the generator's kinds are the task names); anything else: nothing
+    to do."""
+    d = cfg.data
+    if d.synthetic == "shapes":
+        optional = {k: d.shapes[k] for k in ("texture_contrast", "min_size_frac")
+                    if d.shapes[k] is not None}
+        ensure_shapes(d.root, cfg.task, num_train=d.shapes.num_train, num_val=d.shapes.num_val,
+                      image_size=d.shapes.image_size, seed=d.shapes.seed, **optional)

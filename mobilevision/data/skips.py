@@ -34,3 +34,16 @@ class SkipLog:
 
 
 SKIPPED = SkipLog()
+
+
+def report_skips() -> None:
+    """Print, once each, the files skipped since the last report (stderr; 20 at most)."""
+    import sys
+
+    new = SKIPPED.new_since_last_report()
+    if new:
+        print(f"skipped {len(new)} unreadable file(s) (total {len(SKIPPED)}):", file=sys.stderr)
+        for path, reason in list(new.items())[:20]:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        if len(new) > 20:
+            print(f"  ... and {len(new) - 20} more", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 Pillow is the reference decoder (`decode.decode_image_bytes`: it refuses truncated files, applies
 EXIF orientation, turns grayscale, palette, RGBA, 16-bit and CMYK into RGB). Before a split is
-decoded by TensorFlow ops (`pipeline.graph_decode_image`), every file is checked once:
+decoded by TensorFlow ops (`graph_decode.graph_decode_image`), every file is checked once:
 
 - Pillow decodes it; a file it refuses is *skipped*, with Pillow's reason (the same report as
   the Python path gives: `SKIPPED`, then the end-of-epoch report and eval.json);
@@ -287,7 +287,7 @@ def _entry(st, orientation, data) -> dict:
 
 def _fingerprint_of(data: bytes) -> int:
     """The pipeline's `content_fingerprint` of `data`, as a Python int."""
-    from mobilevision.data.pipeline import content_fingerprint
+    from mobilevision.data.graph_decode import content_fingerprint
 
     return int(content_fingerprint(data))
 
@@ -310,7 +310,7 @@ def _graph_decoder(kind):
     """(bytes, orientation) -> tensor: the pipeline's own decode function, traced once."""
     import tensorflow as tf
 
-    from mobilevision.data.pipeline import graph_decode_image, graph_decode_label
+    from mobilevision.data.graph_decode import graph_decode_image, graph_decode_label
 
     with _decoders_lock:
         if kind not in _decoders:
@@ -334,7 +334,7 @@ def _fingerprint(kind) -> dict:
     import PIL
     import tensorflow as tf
 
-    from mobilevision.data.pipeline import JPEG_DCT_METHOD
+    from mobilevision.data.graph_decode import JPEG_DCT_METHOD
 
     return {"version": CACHE_VERSION, "kind": kind, "tensorflow": tf.__version__,
             "pillow": PIL.__version__, "opencv": cv2.__version__,

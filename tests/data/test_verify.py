@@ -13,7 +13,8 @@ from PIL import Image
 
 from mobilevision.data import verify
 from mobilevision.data.decode import ImageDecodeError, read_image
-from mobilevision.data.pipeline import decode_file, graph_decode_label, image_files, read_verified
+from mobilevision.data.graph_decode import graph_decode_label
+from mobilevision.data.pipeline import decode_file, image_files, read_verified
 from mobilevision.data.skips import SKIPPED
 
 
