@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from mobilevision.batchnorm import BatchNormalization
+from mobilevision.workarounds import BatchNormalization
 
 # Table 2 of the paper: expansion t, output channels c, repeats n, first stride s.
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -24,7 +24,7 @@ STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3,
 DEFAULT_TAPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
                 "block_13_expand_relu", "block_16_project", "out_relu")
 
-# The taps each task's head reads unless `model.head.features` says otherwise (PAPER.md): the
+# The taps each task's head reads unless `model.head.features` says otherwise (docs/paper.md): the
 # classifier pools the last 1x1 conv; SSDLite (Table 6) reads block 13's expansion and the last
 # 1x1 conv; DeepLabv3's MNet V2* (Table 7) the second-to-last map, before the 1280 conv.
 HEAD_TAPS = {"classification": ("out_relu",),
@@ -70,7 +70,7 @@ def last_channels(alpha: float) -> int:
 def block_plan(alpha: float = 1.0, output_stride: int = 32) -> list[Block]:
     """The 17 inverted residual blocks for this width and output stride.
 
-    Output stride by dilation (PAPER.md, DeepLab): once the running stride equals
+    Output stride by dilation (docs/paper.md, DeepLab): once the running stride equals
     `output_stride`, a block that would downsample keeps stride 1 and multiplies the dilation rate
     by its stride; it and every later block use that rate. OS 16: blocks 13-16 use rate 2.
     OS 8: blocks 6-12 rate 2, blocks 13-16 rate 4.

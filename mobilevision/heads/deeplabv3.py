@@ -1,4 +1,4 @@
-"""DeepLabv3 head (Chen et al. 2017) as the MobileNetV2 paper uses it (Table 7, PAPER.md).
+"""DeepLabv3 head (Chen et al. 2017) as the MobileNetV2 paper uses it (Table 7, docs/paper.md).
 
 On one feature map (the paper's MNet V2*: the 320-channel map before the 1280 conv; the config
 picks the tap):
@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mobilevision.batchnorm import BatchNormalization
+from mobilevision.workarounds import BatchNormalization
 
 # Atrous rates of the three ASPP branches per stride of the head's feature map (the backbone's
 # output stride for the default tap). 6/12/18 at stride 16 and 12/24/36 at 8 are DeepLabv3's; at

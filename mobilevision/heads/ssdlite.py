@@ -32,7 +32,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mobilevision.batchnorm import BatchNormalization
+from mobilevision.workarounds import BatchNormalization
 
 EXTRA_DEPTHS = (512, 256, 256, 128)
 MIN_DEPTH = 16

@@ -98,7 +98,7 @@ def _tf_config() -> dict:
         raise DistributeError(
             "distribute.strategy=multi_worker needs the cluster in the TF_CONFIG environment "
             "variable, e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", "
-            "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' (README: "
+            "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' (docs/clusters.md: "
             "Running on a cluster)")
     try:
         spec = json.loads(raw)
@@ -218,50 +218,6 @@ def agree_on(strategy, value: int, what: str) -> None:
         raise DistributeError(
             f"the workers do not agree on {what} (this worker: {value}, mean over workers: "
             f"{total / n:g}); --resume needs the run folder on storage that every worker reads")
-
-
-def patch_fit(model) -> None:
-    """Make `fit` of a model built under a multi-replica strategy behave as on one device.
-
-    1. Before training, Keras' `fit` builds a distributed model's metrics from one batch that it
-       draws from a new iterator over the training data. With a seeded, reshuffled dataset that
-       iterator takes the first epoch's order, so training starts on the second one and the
-       losses differ from a single-device run. The shapes are in the dataset's element spec:
-       build from those, and iterate nothing.
-    2. Under MultiWorkerMirroredStrategy two Keras 3 bugs stop `fit` (keras-team/keras#20585,
-       open as of Keras 3.15): that batch is reduced with `strategy.reduce(MEAN, (x, y))`,
-       which the collective strategy cannot do for a nested structure (fixed by 1), and each
-       step's metrics with `strategy.reduce(MEAN, scalar, axis=0)`, which fails on scalars. The
-       metrics are already synchronized across workers, so giving them a leading axis of 1
-       makes that a mean of equal values.
-
-    The fixes are set on this model instance only."""
-    import types
-
-    strategy = model.distribute_strategy
-
-    def as_symbolic(spec):
-        # Data from `distribute_datasets_from_function` on a worker with several replicas is
-        # specified per replica; every replica's spec is the same.
-        spec = getattr(spec, "_value_specs", (spec,))[0]
-        return keras.KerasTensor((None, *spec.shape[1:]), spec.dtype.name)
-
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if data_batch is None and iterator is not None:
-            spec = iterator.data_adapter.get_tf_dataset().element_spec
-            data_batch = keras.tree.map_structure(as_symbolic, spec)
-        with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    object.__setattr__(model, "_maybe_symbolic_build", types.MethodType(maybe_symbolic_build, model))
-    if is_multi_worker(strategy):
-        def with_axis(step):
-            def wrapped(data):
-                return {k: keras.ops.expand_dims(v, 0) for k, v in step(data).items()}
-            return wrapped
-
-        object.__setattr__(model, "train_step", with_axis(model.train_step))
-        object.__setattr__(model, "test_step", with_axis(model.test_step))
 
 
 def synchronize_batchnorm(model) -> int:

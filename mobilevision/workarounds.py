@@ -1,0 +1,137 @@
+"""The Keras workarounds, in one place: each is small, names the upstream issue, runs only where
+it is needed, and `tests/test_workarounds.py` holds a test per workaround that fails the day
+upstream behaves (so the workaround can go).
+
+1. `BatchNormalization`: Keras 3 trains BatchNorm through unfused ops
+   (keras-team/keras-core#225); this layer calls TensorFlow's fused kernel in training.
+2. `patch_fit`: Keras' `fit` of a model built under a tf.distribute strategy draws one batch
+   from a fresh iterator before training (so a seeded, reshuffled dataset starts on its second
+   order), and under MultiWorkerMirroredStrategy reduces nested batches and scalar metrics in
+   ways the collective strategy cannot (keras-team/keras#20585). Applied per model, and only
+   the parts that model's strategy needs (`fit_fixes`).
+
+BatchNormalization
+------------------
+BatchNormalization that trains with TensorFlow's fused kernel.
+
+Keras 3's `BatchNormalization` computes its training-mode statistics and normalization from
+separate ops (`tf.nn.moments`, then `tf.nn.batch_normalization`) on every backend, and their
+gradient is a chain of elementwise ops (Mul, Sum, Tile, SquaredDifference, Sub) over every
+activation. Keras 2 called TensorFlow's fused kernel instead (`FusedBatchNormV3`, oneDNN's on
+CPU), whose forward and backward are each one op. Profiled on our SSDLite-320 train step
+(TensorFlow's op profiler, 2 CPU cores, batch 8), the unfused chain took about half of the step's
+op time; see benchmarks/README.md. Upstream: keras-team/keras-core#225 ("BatchNorm is slow",
+closed without restoring the fused kernel; Keras 3.15's layer still has no `fused` path).
+
+`BatchNormalization` here is that layer with one change: under the TensorFlow backend, in
+training mode, for a 4-D channels-last input without a mask, renorm or synchronized statistics,
+it calls `tf.compat.v1.nn.fused_batch_norm`. Everything else (inference, other backends, masks,
+`synchronized=True` under tf.distribute) is Keras' own code. The weights (gamma, beta,
+moving_mean, moving_variance), their names and order, the moving-average update and the config
+are Keras' own, so weight files and keras.applications weights load unchanged, and
+`tests/test_workarounds.py` checks outputs, statistics and gradients against Keras' layer to
+float32 rounding.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="mobilevision")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` (same arguments, weights and results) that trains
+    with TensorFlow's fused kernel where it can (see the module docstring)."""
+
+    def _fusable(self, inputs, training, mask) -> bool:
+        return (bool(training) and self.trainable and mask is None
+                and keras.backend.backend() == "tensorflow"
+                and not self.synchronized and not self.renorm
+                and len(inputs.shape) == 4 and self.axis in (-1, 3, [3], [-1]))
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = inputs
+        if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
+            x = tf.cast(x, tf.float32)
+        channels = x.shape[-1]
+        gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
+        beta = self.beta if self.center else tf.zeros([channels], tf.float32)
+        # bfloat16 / float16 activations go in as they are: the kernel keeps its statistics
+        # and scale in float32 (Keras' own layer casts the whole activation to float32).
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32), epsilon=self.epsilon,
+            data_format="NHWC", is_training=True)
+        # The kernel returns the Bessel-corrected variance (for running averages); Keras'
+        # layer averages the biased one, which is what the normalization itself used.
+        n = tf.cast(tf.size(x) // channels, tf.float32)
+        variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum
+                                    + variance * (1.0 - self.momentum))
+        return tf.cast(y, self.compute_dtype)
+
+
+def fit_fixes(model) -> list[str]:
+    """The parts of `patch_fit` that `model` needs: "symbolic_build" when Keras' `fit` would
+    draw a batch to build it (a model created under a tf.distribute strategy's scope: Keras
+    records a strategy only then), and "scalar_metrics" under multi-worker collectives as well."""
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is None:
+        return []
+    fixes = ["symbolic_build"]
+    if bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)()):
+        fixes.append("scalar_metrics")
+    return fixes
+
+
+def patch_fit(model, fixes=None) -> list[str]:
+    """Make `fit` of a model built under a multi-replica strategy behave as on one device.
+
+    1. Before training, Keras' `fit` builds a distributed model's metrics from one batch that it
+       draws from a new iterator over the training data. With a seeded, reshuffled dataset that
+       iterator takes the first epoch's order, so training starts on the second one and the
+       losses differ from a single-device run. The shapes are in the dataset's element spec:
+       build from those, and iterate nothing.
+    2. Under MultiWorkerMirroredStrategy two Keras 3 bugs stop `fit` (keras-team/keras#20585,
+       open as of Keras 3.15): that batch is reduced with `strategy.reduce(MEAN, (x, y))`,
+       which the collective strategy cannot do for a nested structure (fixed by 1), and each
+       step's metrics with `strategy.reduce(MEAN, scalar, axis=0)`, which fails on scalars. The
+       metrics are already synchronized across workers, so giving them a leading axis of 1
+       makes that a mean of equal values.
+
+    The fixes are set on this model instance only, and only those it needs (`fit_fixes`; a
+    test names `fixes` to apply fewer). Returns their names."""
+    import types
+
+    fixes = fit_fixes(model) if fixes is None else list(fixes)
+    if not fixes:
+        return fixes
+    strategy = model.distribute_strategy
+
+    def as_symbolic(spec):
+        # Data from `distribute_datasets_from_function` on a worker with several replicas is
+        # specified per replica; every replica's spec is the same.
+        spec = getattr(spec, "_value_specs", (spec,))[0]
+        return keras.KerasTensor((None, *spec.shape[1:]), spec.dtype.name)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if data_batch is None and iterator is not None:
+            spec = iterator.data_adapter.get_tf_dataset().element_spec
+            data_batch = keras.tree.map_structure(as_symbolic, spec)
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    object.__setattr__(model, "_maybe_symbolic_build", types.MethodType(maybe_symbolic_build, model))
+    if "scalar_metrics" in fixes:
+        def with_axis(step):
+            def wrapped(data):
+                return {k: keras.ops.expand_dims(v, 0) for k, v in step(data).items()}
+            return wrapped
+
+        object.__setattr__(model, "train_step", with_axis(model.train_step))
+        object.__setattr__(model, "test_step", with_axis(model.test_step))
+    return fixes

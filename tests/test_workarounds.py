@@ -1,0 +1,237 @@
+"""The Keras workarounds (mobilevision/workarounds.py), each with a test that fails the day
+upstream fixes what it works around:
+
+- BatchNormalization trains with TensorFlow's fused kernel and must give what
+  keras.layers.BatchNormalization gives: outputs, moving statistics and gradients to float32
+  rounding, in training and inference, and load the same weights;
+- patch_fit makes `fit` of a model built under a strategy train on the dataset's first order,
+  and is applied only to such models."""
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+from mobilevision.workarounds import BatchNormalization, fit_fixes, patch_fit
+
+
+def _pair(channels, **kwargs):
+    ours, theirs = BatchNormalization(**kwargs), keras.layers.BatchNormalization(**kwargs)
+    shape = (None, None, None, channels)
+    ours.build(shape)
+    theirs.build(shape)
+    rng = np.random.default_rng(1)
+    weights = [rng.uniform(0.5, 1.5, channels), rng.normal(size=channels),
+               rng.normal(size=channels), rng.uniform(0.5, 2.0, channels)]
+    if not kwargs.get("scale", True):
+        weights = weights[1:]
+    if not kwargs.get("center", True):
+        weights = weights[:-3] + weights[-2:]
+    for layer in (ours, theirs):
+        layer.set_weights([w.astype("float32") for w in weights])
+    return ours, theirs
+
+
+def _grads(layer, x, upstream, training):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+    gx, gg, gb = tape.gradient(loss, [x, layer.gamma, layer.beta])
+    return y.numpy(), gx.numpy(), gg.numpy(), gb.numpy()
+
+
+@pytest.mark.parametrize("kwargs", [dict(epsilon=1e-3, momentum=0.9),
+                                    dict(epsilon=1e-5, momentum=0.9997),
+                                    dict(epsilon=1e-3, momentum=0.99, center=False, scale=False)])
+@pytest.mark.parametrize("training", [True, False])
+def test_matches_keras_layer_outputs_statistics_and_gradients(kwargs, training):
+    channels = 24
+    ours, theirs = _pair(channels, **kwargs)
+    rng = np.random.default_rng(0)
+    # Shifted and scaled, as activations are: the statistics are not 0/1.
+    x = (3.0 * rng.normal(size=(4, 9, 7, channels)) + 1.5).astype("float32")
+    upstream = tf.constant(rng.normal(size=x.shape).astype("float32"))
+    if not (kwargs.get("center", True) and kwargs.get("scale", True)):
+        y_ours, y_theirs = ours(x, training=training), theirs(x, training=training)
+        np.testing.assert_allclose(y_ours, y_theirs, rtol=1e-5, atol=1e-5)
+    else:
+        a = _grads(ours, x, upstream, training)
+        b = _grads(theirs, x, upstream, training)
+        for name, u, v in zip(("output", "d input", "d gamma", "d beta"), a, b):
+            scale = max(1.0, float(np.abs(v).max()))
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=2e-5 * scale, err_msg=name)
+    for u, v in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-6)  # moving statistics updated alike
+
+
+def test_gradient_matches_numerical_derivative():
+    """The fused kernel's gradient against finite differences in float64 terms: catches a
+    gradient that merely agrees with Keras' by sharing a mistake."""
+    ours, _ = _pair(3, epsilon=1e-3)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 3, 3, 3)).astype("float32")
+    w = rng.normal(size=x.shape).astype("float32")
+
+    def f(v):
+        return float(tf.reduce_sum(ours(tf.constant(v), training=True) * w))
+
+    ours.trainable = True
+    _, gx, _, _ = _grads(ours, x, tf.constant(w), True)
+    eps = 1e-2
+    for idx in [(0, 0, 0, 0), (1, 2, 1, 2), (0, 1, 2, 1)]:
+        plus, minus = x.copy(), x.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        numeric = (f(plus) - f(minus)) / (2 * eps)
+        assert gx[idx] == pytest.approx(numeric, rel=2e-2, abs=2e-3)
+
+
+def test_bfloat16_activations_train_in_float32_statistics():
+    ours = BatchNormalization(dtype="mixed_bfloat16")
+    theirs = keras.layers.BatchNormalization(dtype="mixed_bfloat16")
+    x = tf.cast(tf.random.stateless_normal((4, 8, 8, 16), (0, 1)) * 2.0 + 1.0, tf.bfloat16)
+    y_ours, y_theirs = ours(x, training=True), theirs(x, training=True)
+    assert y_ours.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(y_ours, tf.float32), tf.cast(y_theirs, tf.float32),
+                               atol=0.05)
+    np.testing.assert_allclose(ours.moving_mean.numpy(), theirs.moving_mean.numpy(), rtol=1e-2,
+                               atol=1e-3)
+
+
+def test_same_weights_names_and_config_round_trip():
+    ours, theirs = _pair(8, epsilon=1e-3, momentum=0.9, name="block_1_expand_BN")
+    assert [w.path for w in ours.weights] == [w.path for w in theirs.weights]
+    clone = BatchNormalization.from_config(ours.get_config())
+    assert clone.get_config() == ours.get_config()
+    # A model saved with the layer reloads with it (registered serializable).
+    inputs = keras.Input((4, 4, 8))
+    model = keras.Model(inputs, BatchNormalization(name="bn")(inputs))
+    restored = keras.Model.from_config(model.get_config())
+    assert isinstance(restored.get_layer("bn"), BatchNormalization)
+
+
+def test_upstream_layer_still_unfused():
+    """This module exists because Keras 3's layer trains through separate moments and
+    normalization ops (keras-team/keras-core#225). When Keras' own training graph holds the
+    fused kernel, this test fails: drop workarounds.BatchNormalization and use Keras' layer."""
+    layer = keras.layers.BatchNormalization()
+    layer.build((None, 4, 4, 8))
+    graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(
+        tf.TensorSpec((2, 4, 4, 8), tf.float32)).graph
+    ops = {op.type for op in graph.get_operations()}
+    assert not ops & {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}, ops
+
+
+# patch_fit -------------------------------------------------------------------------------------
+
+
+class Recorder(keras.Model):
+    """A one-weight model whose train step records the batch it was given."""
+
+    def __init__(self):
+        super().__init__(name="recorder")
+        self.dense = keras.layers.Dense(1)
+        self.seen = self.add_weight(shape=(4, 1), initializer="zeros", trainable=False,
+                                    name="seen")
+
+    def call(self, x):
+        return self.dense(x)
+
+    def train_step(self, data):
+        x, _ = data
+        self.seen.assign(tf.cast(x, "float32"))
+        return {"loss": tf.constant(0.0)}
+
+
+def _first_trained_batch(patched: bool):
+    """-> (the batch `fit`'s first step trained on, the first batch of the dataset's first
+    epoch): a seeded dataset that reshuffles each epoch, as every training pipeline here, and a
+    model built under a one-device MirroredStrategy (Keras records a strategy for it)."""
+    def dataset():
+        ds = tf.data.Dataset.range(16).shuffle(16, seed=0, reshuffle_each_iteration=True)
+        return ds.map(lambda i: (tf.fill([1], tf.cast(i, tf.float32)), 0.0)).batch(4)
+
+    first = next(iter(dataset()))[0].numpy().ravel()  # a dataset's first iteration: its order
+    ds = dataset()
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = Recorder()
+        model.compile(optimizer="sgd")
+    assert fit_fixes(model) == ["symbolic_build"]
+    if patched:
+        assert patch_fit(model) == ["symbolic_build"]
+    model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+    return model.seen.numpy().ravel(), first
+
+
+def test_upstream_fit_still_draws_a_batch_before_training():
+    """keras-team/keras#20585 (and Trainer._maybe_symbolic_build): Keras' `fit` of a model built
+    under a strategy draws one batch from a fresh iterator to build it, so training starts on
+    the dataset's second order. When this fails, Keras no longer does that: drop the
+    "symbolic_build" part of workarounds.patch_fit."""
+    trained, first = _first_trained_batch(patched=False)
+    assert not np.array_equal(trained, first), "Keras trained on the first order: fixed upstream"
+
+
+def test_patched_fit_trains_on_the_first_order_and_only_where_needed():
+    trained, first = _first_trained_batch(patched=True)
+    np.testing.assert_array_equal(trained, first)
+    plain = Recorder()  # no strategy: Keras draws nothing, so nothing is patched
+    assert fit_fixes(plain) == [] and patch_fit(plain) == []
+    assert "_maybe_symbolic_build" not in vars(plain)
+
+
+MULTI_WORKER_FIT = r"""
+import json, os, sys
+index, ports, fixes = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
+os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                      "task": {"type": "worker", "index": index}})
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+import numpy as np
+import tensorflow as tf
+from mobilevision.workarounds import patch_fit
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+with strategy.scope():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+patch_fit(model, [f for f in fixes.split(",") if f])
+ds = tf.data.Dataset.from_tensor_slices((np.ones((16, 4), np.float32),
+                                         np.ones((16, 1), np.float32))).batch(4).repeat()
+try:
+    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)
+    print("fit: ok")
+except ValueError as e:
+    print("fit: " + str(e).replace("\n", " ")[:300])
+"""
+
+
+def test_upstream_multi_worker_fit_still_fails_without_the_patch(tmp_path):
+    """keras-team/keras#20585: under MultiWorkerMirroredStrategy (two workers on 127.0.0.1),
+    plain `fit` fails reducing the batch it draws to build the model, and with that part fixed
+    it fails reducing the scalar metrics on axis 0. When either plain run fits, Keras fixed
+    that bug: drop the matching part of workarounds.patch_fit. (Both parts together train:
+    tests/tasks/test_distribute.py.)"""
+    import socket
+    import subprocess
+    import sys
+
+    expected = {"": "PerReplica", "symbolic_build": "Invalid reduction dimension 0"}
+    procs = {}
+    for fixes in expected:
+        socks = [socket.socket() for _ in range(2)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        ports = ",".join(str(s.getsockname()[1]) for s in socks)
+        for s in socks:
+            s.close()
+        procs[fixes] = [subprocess.Popen([sys.executable, "-c", MULTI_WORKER_FIT, str(i), ports,
+                                          fixes], stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True) for i in (0, 1)]
+    for fixes, workers in procs.items():
+        for proc in workers:
+            out, _ = proc.communicate(timeout=300)
+            line = next((x for x in out.splitlines() if x.startswith("fit: ")), out[-300:])
+            assert expected[fixes] in line, (fixes or "no fixes", line)
