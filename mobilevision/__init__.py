@@ -1,24 +1,39 @@
 """mobilevision: MobileNetV2 with classifier, SSDLite and DeepLabv3 heads, in Keras 3.
 
     import mobilevision as mv
+
+    run = mv.train("shapes_ssdlite.yaml", "train.epochs=3", output="runs/demo")
+    model = mv.load("runs/demo")        # a run folder, a weights file with its config, or an
+                                        # exported .tflite / .onnx / SavedModel
+    result = model.predict("img.jpg")   # DetectionResult: boxes, scores, classes, names
+    result.plot(), result.to_json()
+    metrics = model.evaluate()          # what eval.json holds
+    files = model.export(["tflite", "tflite_int8"])
+    mv.load(files["tflite"]).predict("img.jpg")   # the same result type, in LiteRT
+
     cfg = mv.load_config("shapes_classifier.yaml", overrides=["train.epochs=2"])
-    model = mv.build_model(cfg)        # takes RGB pixels 0..255, normalizes inside
-    backbone = mv.build_backbone(cfg)  # image -> {tap name: feature map}
+    keras_model = mv.build_model(cfg)   # takes RGB pixels 0..255; predict returns decoded outputs
+
+Importing this package (and running an exported .tflite or .onnx file) imports neither
+TensorFlow nor Keras; they load when a Keras model or a dataset is needed.
 """
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from mobilevision.api import Model, Run, load, load_keras, train  # noqa: E402
 from mobilevision.config import ConfigError, load_config  # noqa: E402
+from mobilevision.results import (ClassificationResult, DetectionResult,  # noqa: E402
+                                  SegmentationResult, UnreadableImage)
 from mobilevision.version import __version__  # noqa: E402
 
 
-def build_model(cfg):
-    """The task model for `cfg` (uncompiled); see mobilevision.tasks."""
+def build_model(cfg, input_size=None):
+    """The task model for `cfg` (uncompiled, `model.weights` loaded); see mobilevision.tasks."""
     from mobilevision.tasks import build_model as _build
 
-    return _build(cfg)
+    return _build(cfg, input_size)
 
 
 def build_backbone(cfg, taps=None):
@@ -28,4 +43,6 @@ def build_backbone(cfg, taps=None):
     return _build(cfg, taps)
 
 
-__all__ = ["__version__", "ConfigError", "load_config", "build_model", "build_backbone"]
+__all__ = ["__version__", "ConfigError", "load_config", "build_model", "build_backbone",
+           "train", "load", "load_keras", "Model", "Run", "DetectionResult",
+           "ClassificationResult", "SegmentationResult", "UnreadableImage"]

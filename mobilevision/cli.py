@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name, help):
         c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("--config", required=True, help="YAML file or bundled config name")
+        c.add_argument("--config", help="YAML file or bundled config name (required, except with "
+                                        "--model: an exported file brings its own)")
         c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         return c
 
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--input", required=True, help="an image file or a folder of images")
     c.add_argument("--weights", help="weights file (default: the run's best checkpoint)")
     c.add_argument("--model", help="run an exported file instead (.tflite, .onnx or a SavedModel "
-                                   "folder); class names from the labels.txt beside it")
+                                   "folder); it holds its task, class names and config")
     c.add_argument("--output", help="output folder (default runs/<config name>/predictions)")
     c.add_argument("--score-threshold", type=float, metavar="S",
                    help="detection: draw the boxes scoring at least S (default "
@@ -77,74 +78,89 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "model", None) and getattr(args, "weights", None):
         parser.error("--weights and --model exclude each other: an exported file holds its weights")
-    from mobilevision.backbones.weights import WeightsFileError, WeightsMismatchError
-    from mobilevision.config import ConfigError
-    from mobilevision.data.decode import ImageDecodeError
-    from mobilevision.data.image_folder import DatasetError
-    from mobilevision.export.formats import ExportError
-    from mobilevision.tasks.trainer import TrainingError
-
+    if args.config is None and not getattr(args, "model", None):
+        parser.error("--config is required (with --model an exported file brings its own)")
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, TrainingError, WeightsMismatchError, WeightsFileError,
-            ImageDecodeError, ExportError,
-            FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; resume training with --resume", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a user's mistake is one line; anything else raises
+        if not isinstance(e, _user_errors()):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple:
+    """The exceptions that report a user's mistake (a config key, a file, the data), from the
+    modules this process has imported: a command that never imported TensorFlow need not import
+    it to print its error."""
+    found = [FileNotFoundError]
+    for module, names in (("mobilevision.config", ("ConfigError",)),
+                          ("mobilevision.data.image_folder", ("DatasetError",)),
+                          ("mobilevision.data.decode", ("ImageDecodeError",)),
+                          ("mobilevision.export.formats", ("ExportError",)),
+                          ("mobilevision.runs", ("TrainingError",)),
+                          ("mobilevision.backbones.weights", ("WeightsMismatchError",
+                                                              "WeightsFileError"))):
+        if module in sys.modules:
+            found += [getattr(sys.modules[module], name) for name in names]
+    return tuple(found)
 
 
 def _train(args) -> int:
+    from mobilevision.api import train
+    from mobilevision.runs import dumps_metrics
+
+    run = train(args.config, *args.overrides, output=args.output, resume=args.resume,
+                overwrite=args.overwrite)
+    if run.folder is None:  # a multi-worker run's other workers write nothing
+        print(f"worker {run.metrics['worker']} finished; the chief writes the run folder")
+        return 0
+    folder = run.folder
+    print(f"\nrun folder: {folder}\n  checkpoints: {folder / 'checkpoints'}\n  metrics: "
+          f"{folder / 'metrics.csv'}\n  data report: {folder / 'data.json'}\n  pictures: "
+          f"{folder / 'plots'} (curves.png, samples.png, ...)\n  results: {folder / 'eval.json'}")
+    print(dumps_metrics(run.metrics))
+    return 0
+
+
+def _keras_model(args, check=None):
+    """The Keras model a command names: --weights, else the run's best (else last) checkpoint,
+    else model.weights; -> (Model, the run folder). check(task) runs on the config's task
+    before anything is built."""
+    from mobilevision.api import load_keras
     from mobilevision.config import load_config
-    from mobilevision.tasks.trainer import dumps_metrics, run_dir_for, train
+    from mobilevision.runs import run_dir_for
 
     cfg = load_config(args.config, args.overrides)
-    results = train(cfg, output=args.output, resume=args.resume, overwrite=args.overwrite,
-                    overrides=args.overrides)
-    if "worker" in results:  # a multi-worker run's other workers write nothing
-        print(f"worker {results['worker']} finished; the chief writes the run folder")
-        return 0
-    run = run_dir_for(cfg, args.output)
-    print(f"\nrun folder: {run}\n  checkpoints: {run / 'checkpoints'}\n  metrics: "
-          f"{run / 'metrics.csv'}\n  data report: {run / 'data.json'}\n  pictures: "
-          f"{run / 'plots'} (curves.png, samples.png, ...)\n  results: {run / 'eval.json'}")
-    print(dumps_metrics(results))
-    return 0
+    if check is not None:
+        check(cfg.task)
+    run = run_dir_for(cfg, getattr(args, "output", None) if args.command == "evaluate" else None)
+    return load_keras(cfg, run, args.weights), run
 
 
 def _evaluate(args) -> int:
-    from mobilevision.config import load_config
-    from mobilevision.tasks.trainer import dumps_metrics, evaluate_run, run_dir_for
+    from mobilevision.runs import dumps_metrics
 
-    cfg = load_config(args.config, args.overrides)
     if args.model:
-        return _evaluate_exported(cfg, args)
-    run = run_dir_for(cfg, args.output)
-    _check_weights(cfg, run, args.weights)
-    results = evaluate_run(cfg, run, weights=args.weights, split=args.split)
+        return _evaluate_exported(args)
+    model, run = _keras_model(args)
+    results = model.evaluate(args.split, output=run)
     print(dumps_metrics(results))
     return 0
 
 
-def _evaluate_exported(cfg, args) -> int:
+def _evaluate_exported(args) -> int:
     """Evaluate an exported file with the task's own metrics; write <file>.eval.json."""
-    from mobilevision.data.skips import SKIPPED
-    from mobilevision.export.runtime import load_exported
+    from mobilevision.api import load
     from mobilevision.report import per_class_table
-    from mobilevision.tasks import get_task
-    from mobilevision.tasks.trainer import dumps_metrics, report_skips
+    from mobilevision.runs import dumps_metrics
     from mobilevision.utils import atomic_write_json
 
-    task = get_task(cfg)
-    task.prepare_data()
-    model = load_exported(args.model, task, num_threads=args.threads)
-    split = args.split or cfg.data.val_split
-    results = task.evaluate(model, split)
-    results["model"] = str(args.model)
-    results["skipped_files"] = SKIPPED.items()
-    report_skips()
+    model = load(args.model, config=args.config, overrides=args.overrides, threads=args.threads)
+    results = model.evaluate(args.split)
     # Beside the file, or in --output under the file's name: never over a run's own eval.json.
     name = Path(str(args.model).rstrip("/")).name + ".eval.json"
     out = Path(args.output) / name if args.output else Path(args.model).parent / name
@@ -158,96 +174,56 @@ def _evaluate_exported(cfg, args) -> int:
 
 
 def _export(args) -> int:
-    from mobilevision.config import load_config
-    from mobilevision.export import export_model, parse_formats
-    from mobilevision.tasks import get_task
-    from mobilevision.tasks.trainer import load_run_weights, run_dir_for
+    from mobilevision.export import parse_formats
 
-    cfg = load_config(args.config, args.overrides)
     formats = parse_formats(args.format)
-    run = run_dir_for(cfg)
-    _check_weights(cfg, run, args.weights)
-    task = get_task(cfg)
-    model = task.build_model()
-    weights = load_run_weights(model, run, args.weights)
+    model, run = _keras_model(args)
     out = Path(args.output or run / "export")
-    print(f"exporting {cfg.name} ({weights or cfg.model.weights}) to {out}")
-    export_model(task, model, formats, out, calibration_images=args.calibration_images,
-                 input_type=args.input_type, opset=args.opset, nms=args.nms,
-                 labels=_run_labels(run, cfg.model.num_classes))
+    print(f"exporting {model.config.name} ({model.path}) to {out}")
+    model.export(formats, out, calibration_images=args.calibration_images,
+                 input_type=args.input_type, opset=args.opset, nms=args.nms)
     print(f"labels: {out / 'labels.txt'}")
     return 0
 
 
-def _run_labels(run, num_classes: int):
-    """The class names a training run saved (run/labels.txt), or None when there are none."""
-    path = run / "labels.txt"
-    if not path.exists():
-        return None
-    names = [n for n in path.read_text(encoding="utf-8").split("\n") if n]
-    if len(names) != num_classes:
-        from mobilevision.config import ConfigError
-
-        raise ConfigError(f"{path}: {len(names)} class names, but model.num_classes is "
-                          f"{num_classes}")
-    return names
-
-
-def _check_weights(cfg, run, weights) -> None:
-    """Before anything is built: --weights, when given, must exist; else there must be the run's
-    best or last checkpoint, or model.weights (which build_model loads), since untrained weights
-    help no one. The weights are then loaded by `load_run_weights`."""
-    from mobilevision.tasks.trainer import find_checkpoint
-
-    if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"--weights {weights}: no such file")
-    if weights is None and not cfg.model.weights and find_checkpoint(run) is None:
-        raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}: train first, or pass "
-                                f"--weights FILE or model.weights=FILE")
-
-
 def _predict(args) -> int:
-    from mobilevision.config import ConfigError, load_config
-    from mobilevision.data.decode import is_image_file
-    from mobilevision.tasks import get_task
-    from mobilevision.tasks.trainer import load_run_weights, run_dir_for
+    from mobilevision.config import ConfigError
     from mobilevision.utils import atomic_write_json
 
-    overrides = list(args.overrides)
+    settings = {}
     if args.score_threshold is not None:
         if not 0.0 <= args.score_threshold <= 1.0:
             raise ConfigError(f"--score-threshold {args.score_threshold}: expected a score "
                               f"between 0 and 1")
-        overrides.append(f"model.head.draw_threshold={args.score_threshold}")
-    cfg = load_config(args.config, overrides)
-    if args.score_threshold is not None and cfg.task != "detection":
-        raise ConfigError(f"--score-threshold applies to detection; {args.config} is a "
-                          f"{cfg.task} config")
-    run = run_dir_for(cfg)
+        settings["draw_threshold"] = args.score_threshold
     src = Path(args.input)
-    if src.is_dir():
-        paths = sorted(str(p) for p in src.rglob("*") if p.is_file() and is_image_file(p.name))
-        if not paths:
-            raise FileNotFoundError(f"--input {src}: folder has no images (.jpg, .jpeg, .png, .bmp)")
-    elif src.is_file():
-        paths = [str(src)]
-    else:
+    if not src.exists():
         raise FileNotFoundError(f"--input {src}: no such file or folder")
-    task = get_task(cfg)
-    if args.model:
-        from mobilevision.export.runtime import load_exported
 
-        model = load_exported(args.model, task)
-        names = _run_labels(Path(args.model).parent, cfg.model.num_classes)
+    def check(task):
+        if args.score_threshold is not None and task != "detection":
+            raise ConfigError(f"--score-threshold applies to detection; "
+                              f"{args.config or args.model} is a {task} model")
+
+    if args.model:
+        from mobilevision.api import load
+
+        model = load(args.model, config=args.config, overrides=args.overrides)
+        check(model.task)
+        run = Path(args.model).parent
     else:
-        _check_weights(cfg, run, args.weights)
-        model = task.build_model()
-        load_run_weights(model, run, args.weights)
-        names = None
-    names = names or _run_labels(run, cfg.model.num_classes)
+        model, run = _keras_model(args, check)
+    try:
+        results = model.predict(str(src), on_error="keep", **settings)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--input {e}") from None
+    results = results if isinstance(results, list) else [results]
     out = Path(args.output or run / "predictions")
-    results = task.predict(model, paths, out, class_names=names)
-    atomic_write_json(out / "predictions.json", results)
+    out.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        if hasattr(result, "save"):
+            result.save(out)
+    atomic_write_json(out / "predictions.json", [r.to_json() for r in results])
     print(f"wrote {len(results)} annotated image(s) and {out / 'predictions.json'}")
     return 0
 
@@ -255,13 +231,14 @@ def _predict(args) -> int:
 def _profile(args) -> int:
     from mobilevision.config import load_config
     from mobilevision.profile import format_profile, profile_model
-    from mobilevision.tasks import get_task
+    from mobilevision.tasks import build_model
+    from mobilevision.tasks.base import head_taps
 
     # Weights do not change the figures: profile without needing the files.
     cfg = load_config(args.config, list(args.overrides) + ["model.weights=null",
                                                            "model.backbone.weights=null"])
-    task = get_task(cfg)
-    prof = profile_model(task.build_model())
+    model = build_model(cfg)
+    prof = profile_model(model)
     from mobilevision.backbones import BACKBONES
 
     b = cfg.model.backbone
@@ -272,7 +249,14 @@ def _profile(args) -> int:
                                "stride": specs[name][1]}
                         for name in dict.fromkeys([*backbone.taps, *cfg.model.head.features])}
     # The maps the head reads (and, for the detector, every map it predicts on, with anchors).
-    prof["feature_maps"] = maps = task.feature_maps()
+    if cfg.task == "detection":
+        from mobilevision.tasks.detection import feature_maps
+
+        maps = feature_maps(cfg, model)
+    else:
+        maps = [{"name": name, "size": [h // stride, w // stride], "channels": channels,
+                 "stride": stride} for name, channels, stride in head_taps(cfg)]
+    prof["feature_maps"] = maps
     if any("anchors" in m for m in maps):
         prof["anchors"] = sum(m["anchors"] for m in maps)
     prof["config"] = cfg.get("_source")

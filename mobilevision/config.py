@@ -92,7 +92,7 @@ SCHEMA: dict[str, Field] = {
     "model.head.score_threshold": Field(0.01, "float"),
     "model.head.max_detections": Field(100, "int"),
     "model.head.draw_threshold": Field(0.3, "float", help="predict: draw boxes scoring at least"),
-    # segmentation head (DeepLabv3 on block_16_project; PAPER.md Table 7)
+    # segmentation head (DeepLabv3 on block_16_project; docs/paper.md, Table 7)
     "model.head.aspp": Field(True, "bool", help="DeepLabv3: add the 3x3 atrous (ASPP) branches"),
     "model.head.aspp_rates": Field(None, "ints", nullable=True,
                                    help="DeepLabv3 atrous rates; null: 6/12/18 at output stride 16, "
@@ -433,9 +433,12 @@ def parse_override(text: str):
     return key, value
 
 
-def load_config(name_or_path=None, overrides: Sequence[str] = (), *, check_files: bool = True) -> Config:
+def load_config(name_or_path=None, overrides: Sequence[str] = (), *, check_files: bool = True,
+                values: dict | None = None, where: str | None = None) -> Config:
     """Build the config: defaults, then the YAML file (if any), then `key=value` overrides.
 
+    values: a nested dict read in place of a YAML file (an exported file's resolved config),
+      `where` naming it in errors.
     Returns a `Config` with two extra keys: `name` (the run name) and `_source` (the YAML path).
     Raises ConfigError for unknown keys, wrong types, and missing files for file-valued keys.
     """
@@ -444,8 +447,10 @@ def load_config(name_or_path=None, overrides: Sequence[str] = (), *, check_files
     overridden = {}  # key -> the override that set it, which cross-field errors name
     if name_or_path is not None:
         source = find_config(name_or_path)
-        for key, value in _flatten(_read_yaml(source)).items():
-            where = str(source)
+        values, where = _read_yaml(source), str(source)
+    if values is not None:
+        for key, value in _flatten({k: v for k, v in values.items()
+                                    if not k.startswith("_")}).items():
             if key not in SCHEMA:
                 raise ConfigError(_unknown(key, value, where))
             _set(tree, key, _check_type(key, value, where))
@@ -458,8 +463,8 @@ def load_config(name_or_path=None, overrides: Sequence[str] = (), *, check_files
     if tree.get("name") is None:
         tree["name"] = source.stem if source is not None else "default"
     cfg = _wrap(tree)
-    _validate(cfg, source, check_files, overridden)
-    cfg["_source"] = str(source) if source is not None else None
+    _validate(cfg, source or where, check_files, overridden)
+    cfg["_source"] = str(source) if source is not None else where
     return cfg
 
 

@@ -1,6 +1,6 @@
 """Bad input, end to end: the files users really send, through every reader they reach, and the
 behaviour each gets (issue 6). This file is the one place to read "input X gets behaviour Y";
-the README's bad-input table summarizes it.
+docs/data.md's bad-input table summarizes it.
 
 Every input gets one of these, never a crash inside TensorFlow and never a silent wrong example:
 
@@ -31,7 +31,10 @@ from mobilevision.data.image_folder import DatasetError, list_image_folder
 from mobilevision.data.segmentation import coco_label_map, load_example, read_segmentation
 from mobilevision.data.shapes import voc_colormap
 from mobilevision.data.skips import SKIPPED
-from mobilevision.tasks import get_task
+from mobilevision.data.pipeline import build_dataset
+from mobilevision.data.sources import source_for
+from mobilevision.inference import PREPARE
+from mobilevision.tasks import build_model, training_dataset
 from mobilevision.tasks.detection_loss import ssd_loss_terms
 
 # ================================================================================================
@@ -215,26 +218,17 @@ def _run_reader(reader, root):
     cfg = mv.load_config(config, [f"data.root={root}", "data.synthetic=null",
                                   "model.input_size=[64,64]", "train.batch_size=1",
                                   "data.eval_crop=1.0", *overrides])
-    task = get_task(cfg)
+    source = source_for(cfg)
     by_path = {str(path): kind for kind, (path, _) in written.items()}
     out = {"files": {k: p for k, (p, _) in written.items()},
            "expected": {k: e for k, (_, e) in written.items()}, "eval": {}}
-    ds, _ = task.build_dataset("val", training=False)
-    if reader == "classification":
-        kinds = sorted(written)
-        for images, onehot, weight in ds.as_numpy_iterator():
-            for image, y, w in zip(images, onehot, weight):
-                out["eval"][kinds[int(y.argmax())]] = (image, bool(w), None)
-    elif reader == "detection":
-        records = task.coco("val").records
-        for images, indices, ok in ds.as_numpy_iterator():
-            for image, index, good in zip(images, indices, ok):
-                out["eval"][by_path[records[index].path]] = (image, bool(good), None)
-    else:
-        records = task.dataset("val").records
-        for image, label, index, ok in ds.as_numpy_iterator():
-            out["eval"][by_path[records[index].path]] = (image, bool(ok), label)
-    train, _ = task.build_dataset("train", training=True)
+    ds, _ = build_dataset(source, "val", training=False)
+    for image, target, ok, index in ds.as_numpy_iterator():
+        label = target if reader == "segmentation" else None
+        if reader != "segmentation" and ok:  # as `predict` prepares it for the 64 px model
+            image = PREPARE[reader](image, (64, 64), crop=1.0)
+        out["eval"][by_path[source.path("val", index)]] = (image, bool(ok), label)
+    train, _ = training_dataset(cfg, build_model(cfg), source)
     batches = list(train.as_numpy_iterator())
     out["train_count"] = sum(len(b[0]) for b in batches)
     if reader == "classification":

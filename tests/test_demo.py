@@ -65,7 +65,7 @@ def test_shapes_ssdlite_demo_learns_to_detect(tmp_path):
     assert results["AP50"] >= 0.1, stdout[-3000:]
     # The trained detector exported for apps, as the README does it, scores as the Keras model
     # does: float32 TFLite within 0.5 AP points, int8 within 3. (Every format on every demo:
-    # benchmarks/export_parity.py, figures in the README; ONNX's raw outputs: test_onnx.py.)
+    # benchmarks/export_parity.py, figures in docs/export.md; ONNX: test_onnx.py.)
     exported = export_parity("shapes_ssdlite.yaml", tmp_path, "tflite,tflite_int8",
                              "data.shapes.num_train=2000", "data.shapes.num_val=100")
     deltas = {fmt: 100 * (r["AP"] - results["AP"]) for fmt, r in exported.items()}

@@ -1,6 +1,8 @@
 """Export a trained model for apps and servers: SavedModel, TFLite (float32, float16, int8, with
 TFLite Metadata) and ONNX. The table of formats is `formats.FORMATS`; `export_model` writes any
-of them from a config and a checkpoint; `runtime.load_exported` runs a file for evaluation."""
+of them from a Keras model that owns its decoder; `runtime.open_exported` runs a file. Every
+file computes the decoded outputs `predict` returns and carries `runtime.INFO_FILE` (task,
+labels, input size, config), so `mobilevision.load(file)` needs nothing else."""
 
 from __future__ import annotations
 
@@ -21,16 +23,26 @@ def parse_formats(text: str) -> list[str]:
     return [get_format(n).name for n in names]
 
 
-def export_model(task, model, formats, output_dir, *, calibration_images: int | None = None,
-                 input_type: str | None = None, opset: int | None = None, nms: str | None = None,
-                 labels: list[str] | None = None, log=print) -> list[dict]:
+def export_model(model, formats, output_dir, *, name: str, task: str, labels: list[str],
+                 config: dict | None = None, calibration=None,
+                 calibration_images: int | None = None, input_type: str | None = None,
+                 opset: int | None = None, nms: str | None = None, log=print) -> list[dict]:
     """Write `model` in each of `formats` into output_dir, with labels.txt beside them.
 
-    labels: the class names in label order (default: the dataset's, `task.class_names`; a run
-    folder's labels.txt spares reading the dataset, which only int8 calibration then needs).
-    Options apply only to the formats that take them (formats.FORMATS[...].options); giving one
-    to no format that takes it is an error rather than silently ignored.
+    Args:
+      model: a Keras model that owns its decoder (`tasks.base.DecodingModel`), weights loaded.
+      name: the files' stem (the config's name). task, labels, config: what the files carry in
+        `runtime.INFO_FILE`, so they load without anything else.
+      calibration: for tflite_int8, a function count -> (n, H, W, 3) float32 images prepared as
+        `predict` prepares them (`calibration_images` of them; default 200).
+      input_type, opset, nms: options of the formats that take them (formats.FORMATS[...].options);
+        giving one to no format that takes it is an error rather than silently ignored.
+
     Returns one record per format: {"format", "path", "bytes", "seconds"}."""
+    import json
+
+    from mobilevision import __version__
+    from mobilevision.export.runtime import INFO_FILE, ONNX_INFO_KEY
     from mobilevision.utils import atomic_write_text
 
     formats = [get_format(f) for f in formats]
@@ -40,14 +52,15 @@ def export_model(task, model, formats, output_dir, *, calibration_images: int | 
         if value is not None and not any(option in f.options for f in formats):
             takers = [f.name for f in FORMATS.values() if option in f.options]
             raise ExportError(f"--{option.replace('_', '-')} applies to {', '.join(takers)} only")
-    if nms is not None and task.name != "detection":
+    if nms is not None and task != "detection":
         raise ExportError("--nms applies to detection models only")
     if calibration_images is not None and calibration_images < 1:
         raise ExportError(f"--calibration-images {calibration_images}: give at least 1")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = task.cfg.name
-    labels = list(labels if labels is not None else task.class_names)
+    labels = list(labels)
+    info = json.dumps({"task": task, "labels": labels, "input_size": list(model.input_shape[1:3]),
+                       "name": name, "version": __version__, "config": config}, indent=1)
     records = []
 
     def done(fmt, path, seconds):
@@ -59,21 +72,28 @@ def export_model(task, model, formats, output_dir, *, calibration_images: int | 
 
     tflite = [f for f in formats if f.name in TFLITE_QUANTIZATION]
     if tflite:
-        _export_tflite(task, model, tflite, out, name, labels, calibration_images, input_type,
-                       nms or "regular", done, log)
+        images = None
+        if any(f.name == "tflite_int8" for f in tflite):
+            if calibration is None:
+                raise ExportError("tflite_int8 needs calibration images")
+            images = calibration(calibration_images or DEFAULT_CALIBRATION_IMAGES)
+            log(f"int8 calibration: {len(images)} images")
+        _export_tflite(model, tflite, out, name, task, labels, info, images, input_type,
+                       nms or "regular", done)
     for fmt in formats:
         start = time.perf_counter()
         path = out / fmt.filename.format(name=name)
         if fmt.name == "saved_model":
             from mobilevision.export.saved_model import export_saved_model
 
-            export_saved_model(task, model, path)
+            export_saved_model(model, path, {INFO_FILE: info})
             done(fmt, path, time.perf_counter() - start)
         elif fmt.name == "onnx":
             from mobilevision.export.onnx import export_onnx
 
             try:
-                export_onnx(model, path, **({"opset": opset} if opset else {}))
+                export_onnx(model, path, **({"opset": opset} if opset else {}),
+                            metadata={ONNX_INFO_KEY: info})
             except ImportError as e:  # the [onnx] extra is not installed: a user error
                 raise ExportError(str(e)) from e
             done(fmt, path, time.perf_counter() - start)
@@ -83,28 +103,23 @@ def export_model(task, model, formats, output_dir, *, calibration_images: int | 
     return sorted(records, key=lambda r: order[r["format"]])
 
 
-def _export_tflite(task, model, formats, out, name, labels, calibration_images, input_type, nms,
-                   done, log):
+def _export_tflite(model, formats, out, name, task, labels, info, calibration, input_type, nms,
+                   done):
     from mobilevision import __version__
     from mobilevision.export.metadata import add_metadata
-    from mobilevision.export.tflite import calibration_images as read_calibration
+    from mobilevision.export.runtime import INFO_FILE
     from mobilevision.export.tflite import convert_tflite_many
     from mobilevision.utils import atomic_write_bytes
 
     quantizations = [TFLITE_QUANTIZATION[f.name] for f in formats]
-    calibration = None
-    if "int8" in quantizations:
-        count = calibration_images or DEFAULT_CALIBRATION_IMAGES
-        calibration = read_calibration(task, count)
-        log(f"int8 calibration: {len(calibration)} images of split {task.cfg.data.train_split!r}")
     seconds = {}
-    files = convert_tflite_many(task, model, quantizations, nms=nms, calibration=calibration,
+    files = convert_tflite_many(model, quantizations, nms=nms, calibration=calibration,
                                 input_type=input_type or "uint8", seconds=seconds)
     for fmt, q in zip(formats, quantizations):
-        data = add_metadata(files[q], task=task.name, labels=labels,
+        data = add_metadata(files[q], task=task, labels=labels,
                             name=f"{name} ({model.name}, {q})",
-                            description=f"mobilevision {task.name} model exported from {name}",
-                            version=__version__)
+                            description=f"mobilevision {task} model exported from {name}",
+                            version=__version__, extra_files={INFO_FILE: info})
         path = out / fmt.filename.format(name=name)
         atomic_write_bytes(path, data)
         done(fmt, path, seconds[q])

@@ -1,6 +1,6 @@
 """The export table: one row per format. It drives the command line's choices, validation and
-error messages, the file names, and the README's export section (`formats_markdown`; a test
-checks the README holds the current rendering).
+error messages, the file names, and the export page's tables (`formats_markdown`; a test checks
+docs/export.md holds the current rendering).
 """
 
 from __future__ import annotations
@@ -33,19 +33,19 @@ FORMATS = {f.name: f for f in (
                  "uint8 input (or float32 with `--input-type float32`), float32 outputs",
                  options=("calibration_images", "input_type", "nms")),
     ExportFormat("onnx", "{name}.onnx", "onnxruntime",
-                 "the Keras model's raw outputs (float32 input 0..255, dynamic batch)",
-                 options=("opset",), extra="onnx"),
+                 "float32 input 0..255, dynamic batch, decoded results (NMS as ONNX "
+                 "NonMaxSuppression)", options=("opset",), extra="onnx"),
 )}
 
-# What the decoded outputs are, per task (SavedModel signatures and TFLite files; ONNX keeps the
-# raw outputs, decoded by the same code as Keras's in `scripts/evaluate.py`).
+# The decoded outputs, per task: what the Keras model's `predict` returns (its decoder) and what
+# every file computes, by these names, so each runtime hands them over as they come.
 TASK_OUTPUTS = {
     "classification": "`probabilities` (N, K)",
-    "detection": "`boxes` (N, D, 4) [ymin, xmin, ymax, xmax] normalized, `classes` (N, D) index "
-                 "into labels.txt, `scores` (N, D), `count` (N,); TFLite ends in "
-                 "`TFLite_Detection_PostProcess` with the anchors embedded",
-    "segmentation": "`scores` (N, H, W, K) softmax at the input resolution (SavedModel also "
-                    "`labels` (N, H, W))",
+    "detection": "`boxes` (N, D, 4) [ymin, xmin, ymax, xmax] normalized and clipped to the image, "
+                 "`classes` (N, D) index into labels.txt, `scores` (N, D) best first, `count` "
+                 "(N,) valid rows; all float32 (as TFLite's `TFLite_Detection_PostProcess`, "
+                 "which a TFLite file ends in, with the anchors embedded)",
+    "segmentation": "`scores` (N, H, W, K) softmax at the input resolution",
 }
 
 
@@ -61,7 +61,7 @@ def get_format(name: str) -> ExportFormat:
 
 
 def formats_markdown() -> str:
-    """The README's export tables, rendered from FORMATS and TASK_OUTPUTS."""
+    """docs/export.md's tables, rendered from FORMATS and TASK_OUTPUTS."""
     rows = ["| format | file | runs in | computes |", "|---|---|---|---|"]
     for f in FORMATS.values():
         extra = f" (needs `pip install \"mobilevision[{f.extra}]\"`)" if f.extra else ""

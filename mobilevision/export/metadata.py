@@ -63,8 +63,8 @@ class _Output:
 TASK_OUTPUTS = {
     "detection": (
         _Output("boxes", "location",
-                "Boxes [ymin, xmin, ymax, xmax] normalized to the image, (1, D, 4); not "
-                "clipped, so a box may reach past 0..1.", "boxes", (2, 2)),
+                "Boxes [ymin, xmin, ymax, xmax] normalized to the image and clipped to it, "
+                "(1, D, 4).", "boxes", (2, 2)),
         _Output("classes", "category",
                 f"Class of each box: 0-based index into {LABEL_FILE}, (1, D).", "value_labels",
                 (2, 2)),
@@ -85,7 +85,8 @@ TASK_OUTPUTS = {
 # -- public API ---------------------------------------------------------------------------------
 
 def add_metadata(model: bytes, *, task: str, labels: list[str], name: str, description: str = "",
-                 version: str = "", author: str = "mobilevision", license: str = "") -> bytes:
+                 version: str = "", author: str = "mobilevision", license: str = "",
+                 extra_files: dict | None = None) -> bytes:
     """The TFLite file `model` with TFLite Metadata for `task` and `labels` packed as labels.txt.
 
     Args:
@@ -95,6 +96,8 @@ def add_metadata(model: bytes, *, task: str, labels: list[str], name: str, descr
       task: "detection", "classification" or "segmentation".
       labels: class names, one per class index (detection: without background).
       name, description, version, author, license: the ModelMetadata fields (empty: left out).
+      extra_files: {name: text} packed beside labels.txt (MediaPipe reads only the files the
+        metadata names; `runtime.INFO_FILE` travels this way).
 
     Returns the new file's bytes. Raises ExportError (a ValueError) when the model or the labels
     do not fit the task, naming what was found and what was expected.
@@ -137,7 +140,8 @@ def add_metadata(model: bytes, *, task: str, labels: list[str], name: str, descr
     builder = flatbuffers.Builder(1024)
     builder.Finish(meta.Pack(builder), file_identifier=METADATA_IDENTIFIER)
     _set_metadata_buffer(tflite, bytes(builder.Output()))
-    return _append_zip(_write_model(tflite), {LABEL_FILE: "".join(f"{x}\n" for x in labels)})
+    return _append_zip(_write_model(tflite), {LABEL_FILE: "".join(f"{x}\n" for x in labels),
+                                              **(extra_files or {})})
 
 
 def read_metadata(model: bytes) -> dict:

@@ -10,12 +10,14 @@ import tempfile
 from pathlib import Path
 
 
-def write_saved_model(path, model, endpoints: dict) -> Path:
+def write_saved_model(path, model, endpoints: dict, extra_files: dict | None = None) -> Path:
     """Write a SavedModel of `model` at `path` (a folder, replaced whole and atomically: written
     beside it, then renamed).
 
     endpoints: {signature name: (fn, [tf.TensorSpec, ...])}; fn takes the specs' tensors and
-    returns a dict of tensors. The first becomes also `serving_default` if none is named so."""
+    returns a dict of tensors. The first becomes also `serving_default` if none is named so.
+    extra_files: {name: text} written into the folder's `assets.extra/` (files a SavedModel
+    carries for its users, which TensorFlow does not read)."""
     import keras
 
     path = Path(path)
@@ -27,6 +29,9 @@ def write_saved_model(path, model, endpoints: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         archive.write_out(str(tmp), verbose=False)
+        for name, text in (extra_files or {}).items():
+            (tmp / "assets.extra").mkdir(exist_ok=True)
+            (tmp / "assets.extra" / name).write_text(text, encoding="utf-8")
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -40,20 +45,21 @@ def write_saved_model(path, model, endpoints: dict) -> Path:
     return path
 
 
-def export_saved_model(task, model, path) -> Path:
-    """The serving SavedModel: `serving_default` takes uint8 images (N, H, W, 3) at the model's
-    input size, `serving_float` float32 0..255; both return `task.export_outputs`."""
+def export_saved_model(model, path, extra_files: dict | None = None) -> Path:
+    """The serving SavedModel of a model that owns its decoder (`tasks.base.DecodingModel`):
+    `serving_default` takes uint8 images (N, H, W, 3) at the model's input size, `serving_float`
+    float32 0..255; both return `model.decode(model(images))`, what `predict` returns."""
     import tensorflow as tf
 
-    h, w = task.cfg.model.input_size
+    h, w = model.input_shape[1:3]
 
     def serve_uint8(images):
-        return task.export_outputs(model, tf.cast(images, tf.float32))
+        return model.decode(model(tf.cast(images, tf.float32), training=False))
 
     def serve_float(images):
-        return task.export_outputs(model, images)
+        return model.decode(model(images, training=False))
 
     return write_saved_model(path, model, {
         "serving_default": (serve_uint8, [tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")]),
         "serving_float": (serve_float, [tf.TensorSpec([None, h, w, 3], tf.float32, name="images")]),
-    })
+    }, extra_files)

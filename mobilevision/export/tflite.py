@@ -18,33 +18,6 @@ from mobilevision.export.formats import ExportError
 QUANTIZATIONS = ("float32", "float16", "int8")
 
 
-def calibration_images(task, count: int) -> np.ndarray:
-    """The first `count` readable images of the config's train split, preprocessed as for
-    evaluation and resized to the model's input size: (count, H, W, 3) float32 0..255."""
-    import tensorflow as tf
-
-    task.prepare_data()
-    size = tuple(task.cfg.model.input_size)
-    ds, _ = task.build_dataset(task.cfg.data.train_split, training=False)
-    images = []
-    for element in ds:
-        # Every task's evaluation pipeline ends its elements with a per-example "readable" flag
-        # (0 for a corrupt file); the images come first, batched or not.
-        batch, ok = element[0], tf.reshape(tf.cast(element[-1], tf.float32), [-1])
-        if batch.shape.rank == 3:
-            batch = batch[None]
-        for image, good in zip(tf.unstack(batch), ok.numpy()):
-            if good > 0:
-                if tuple(image.shape[:2]) != size:
-                    image = tf.image.resize(image, size, method="bilinear")
-                images.append(np.asarray(image, np.float32))
-            if len(images) == count:
-                return np.stack(images)
-    if not images:
-        raise ExportError(f"calibration: no readable image in split {task.cfg.data.train_split!r}")
-    return np.stack(images)
-
-
 def with_full_input_range(calibration: np.ndarray) -> np.ndarray:
     """A copy of the calibration images whose first image has one black and one white pixel.
     The converter fits a uint8 input's quantization to the range it saw, and apps (MediaPipe
@@ -56,26 +29,28 @@ def with_full_input_range(calibration: np.ndarray) -> np.ndarray:
     return images
 
 
-def convert_tflite(task, model, quantization: str = "float32", *, nms: str = "regular",
+def convert_tflite(model, quantization: str = "float32", *, nms: str = "regular",
                    calibration: np.ndarray | None = None, input_type: str = "uint8") -> bytes:
     """The model as a TFLite flatbuffer (no metadata yet; see `metadata.add_metadata`).
 
     Args:
-      task, model: the task and its Keras model (weights loaded).
+      model: a Keras model that owns its decoder (`tasks.base.DecodingModel`), weights loaded.
       quantization: "float32", "float16" (weights stored in float16) or "int8" (full-integer:
         every op in int8, calibrated on `calibration`).
-      nms: detection only, "regular" (per-class, as Keras evaluation) or "fast".
-      calibration: int8 only, (n, H, W, 3) float32 0..255 images (`calibration_images`).
+      nms: detection only, "regular" (per-class, as the Keras decoder) or "fast".
+      calibration: int8 only, (n, H, W, 3) float32 0..255 images, prepared as `predict`
+        prepares them.
       input_type: int8 only, "uint8" (pixels as they come from a camera; the input quantization
         is fitted to 0..255) or "float32".
 
-    Returns the file's bytes: input `image` (1, H, W, 3), outputs as `task.tflite_outputs`.
+    Returns the file's bytes: input `image` (1, H, W, 3), outputs the decoded ones, as
+    `model.predict` returns them (`formats.TASK_OUTPUTS`).
     """
-    return convert_tflite_many(task, model, (quantization,), nms=nms, calibration=calibration,
+    return convert_tflite_many(model, (quantization,), nms=nms, calibration=calibration,
                                input_type=input_type)[quantization]
 
 
-def convert_tflite_many(task, model, quantizations, seconds: dict | None = None,
+def convert_tflite_many(model, quantizations, seconds: dict | None = None,
                         **kwargs) -> dict[str, bytes]:
     """`convert_tflite` for several quantizations from one SavedModel (written once: it is the
     slow half of a conversion). Returns {quantization: bytes}; with `seconds`, fills it with
@@ -85,15 +60,19 @@ def convert_tflite_many(task, model, quantizations, seconds: dict | None = None,
     import tensorflow as tf
 
     from mobilevision.export.saved_model import write_saved_model
+    from mobilevision.export.serving import tflite_detections
 
     nms = kwargs.pop("nms", "regular")
     for q in quantizations:
         if q not in QUANTIZATIONS:
             raise ExportError(f"quantization {q!r}: choose one of {', '.join(QUANTIZATIONS)}")
-    h, w = task.cfg.model.input_size
+    h, w = model.input_shape[1:3]
+    detector = getattr(model, "decoder", None) is not None
 
     def serve(image):
-        return task.tflite_outputs(model, image, nms=nms)
+        if detector:  # TFLite_Detection_PostProcess in place of the decoder's NMS
+            return tflite_detections(model, image, nms)
+        return model.decode(model(image, training=False))
 
     seconds = {} if seconds is None else seconds
     start = time.perf_counter()
@@ -104,17 +83,18 @@ def convert_tflite_many(task, model, quantizations, seconds: dict | None = None,
         files = {}
         for q in quantizations:
             start = time.perf_counter()
-            files[q] = convert_saved_model(task, model, path, q, **kwargs)
+            files[q] = convert_saved_model(model, path, q, custom_ops=DETECTION_OPS if detector
+                                           else (), **kwargs)
             seconds[q] = shared + time.perf_counter() - start
         return files
 
 
-def convert_saved_model(task, model, saved_model, quantization, calibration=None,
-                        input_type="uint8") -> bytes:
+def convert_saved_model(model, saved_model, quantization, calibration=None,
+                        input_type="uint8", custom_ops=()) -> bytes:
     """A SavedModel folder written by `write_saved_model` -> TFLite bytes, with the export's
-    converter settings and checks (builtin ops only, no Flex, weights present). `task` lends
-    only its `.name` (a detector may use TFLite_Detection_PostProcess); `model` is the Keras
-    model the SavedModel holds (for the weight check). Used by `convert_tflite_many` and by
+    converter settings and checks (builtin ops only, no Flex, weights present). `model` is the
+    Keras model the SavedModel holds (for the weight check); `custom_ops` the custom ops the file
+    may use (a detector's TFLite_Detection_PostProcess). Used by `convert_tflite_many` and by
     benchmarks that convert other functions of a model the same way."""
     import tensorflow as tf
 
@@ -123,7 +103,7 @@ def convert_saved_model(task, model, saved_model, quantization, calibration=None
     if input_type not in ("uint8", "float32"):
         raise ExportError(f"--input-type {input_type!r}: choose uint8 or float32")
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.allow_custom_ops = task.name == "detection"  # TFLite_Detection_PostProcess only
+    converter.allow_custom_ops = bool(custom_ops)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -138,12 +118,12 @@ def convert_saved_model(task, model, saved_model, quantization, calibration=None
     data = converter.convert()
     if quantization == "int8" and input_type == "uint8":
         _check_uint8_input(data)
-    check_ops(data, allow_custom=(DETECTION_OPS if task.name == "detection" else ()))
+    check_ops(data, allow_custom=custom_ops)
     check_weights(data, model, quantization)
     return data
 
 
-DETECTION_OPS = ("TFLite_Detection_PostProcess",)
+DETECTION_OPS = ("TFLite_Detection_PostProcess",)  # the one custom op LiteRT and MediaPipe ship
 
 
 def _check_uint8_input(data: bytes) -> None:

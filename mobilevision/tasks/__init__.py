@@ -1,21 +1,37 @@
-"""Tasks: each ties a model, its data, loss, metrics and post-processing. Registry: name -> class."""
+"""Tasks: each is a few small parts (model with its decoder, loss, training transform,
+evaluation, pictures; see `base.Task`). Registry: name -> Task."""
 
-from mobilevision.tasks.base import Task, build_backbone
-from mobilevision.tasks.classification import ClassificationTask
-from mobilevision.tasks.detection import DetectionTask
-from mobilevision.tasks.segmentation import SegmentationTask
+from mobilevision.tasks import classification, detection, segmentation
+from mobilevision.tasks.base import Evaluation, Task, build_backbone
 
-TASKS = {"classification": ClassificationTask, "detection": DetectionTask,
-         "segmentation": SegmentationTask}
+TASKS = {t.name: t for t in (classification.TASK, detection.TASK, segmentation.TASK)}
 
 
-def get_task(cfg) -> Task:
-    return TASKS[cfg.task](cfg)
+def build_model(cfg, input_size=None):
+    """The task model of `cfg` (uncompiled, with its decoder), `model.weights` loaded if set:
+    a Keras 3 file of this same model with Keras' own loader, any other file by layer name
+    (`load_model_weights`). input_size: (H, W), default `model.input_size`."""
+    model = TASKS[cfg.task].build(cfg, input_size)
+    if cfg.model.weights:
+        from mobilevision.backbones.weights import load_model_weights
+
+        load_model_weights(model, cfg.model.weights)
+    return model
 
 
-def build_model(cfg):
-    """The task model of `cfg` (uncompiled), `model.weights` loaded if set."""
-    return get_task(cfg).build_model()
+def training_dataset(cfg, model, source=None, input_context=None):
+    """The training pipeline of `cfg` for `model` (whose input size, and for a detector whose
+    anchors, the targets follow): `data.pipeline.build_dataset` with the task's transform.
+    source: the config's data source (default `source_for(cfg)`); input_context: see
+    build_dataset. -> (dataset of batches, number of examples in the split)."""
+    from mobilevision.data.pipeline import build_dataset
+    from mobilevision.data.sources import source_for
+
+    source = source or source_for(cfg)
+    return build_dataset(source, cfg.data.train_split, training=True,
+                         transform=TASKS[cfg.task].transform(cfg, model),
+                         batch_size=cfg.train.batch_size, seed=cfg.seed,
+                         shuffle_buffer=cfg.data.shuffle_buffer, input_context=input_context)
 
 
-__all__ = ["TASKS", "Task", "get_task", "build_model", "build_backbone"]
+__all__ = ["TASKS", "Task", "Evaluation", "build_model", "build_backbone", "training_dataset"]

@@ -31,32 +31,10 @@ import numpy as np
 
 from mobilevision.config import load_config, save_config
 from mobilevision.plots import plot_curves
+from mobilevision.runs import (BEST, LAST, TMP_SUFFIX, TrainingError, checkpoint_state,  # noqa: F401
+                               dumps_metrics, find_checkpoint, run_dir_for)
 from mobilevision.utils import atomic_write_json, atomic_write_text, set_seed
 from mobilevision.version import __version__
-
-LAST = "last.weights.h5"
-BEST = "best.weights.h5"
-TMP_SUFFIX = ".tmp.weights.h5"  # a checkpoint being written; a killed run may leave one
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or had to stop; the message says why and what was kept."""
-
-
-def run_dir_for(cfg, output=None) -> Path:
-    return Path(output or cfg.get("output") or Path("runs") / cfg.name)
-
-
-def checkpoint_state(path) -> dict:
-    """{'epoch': completed epochs, 'best': best monitored value or None, 'monitor': name}."""
-    try:
-        with h5py.File(path, "r") as f:
-            a = f.attrs
-            best = float(a["best"]) if "best" in a and not np.isnan(a["best"]) else None
-            return {"epoch": int(a["epoch"]), "best": best, "monitor": str(a.get("monitor", ""))}
-    except (OSError, KeyError) as e:
-        raise TrainingError(f"{path}: not a readable mobilevision checkpoint ({e})") from None
-
 
 def _fsync_dir(folder: Path) -> None:
     try:
@@ -183,19 +161,9 @@ class SkipReport(keras.callbacks.Callback):
     """Prints, once each, the input files the pipeline skipped as unreadable."""
 
     def on_epoch_end(self, epoch, logs=None):
+        from mobilevision.data.skips import report_skips
+
         report_skips()
-
-
-def report_skips() -> None:
-    from mobilevision.data.skips import SKIPPED
-
-    new = SKIPPED.new_since_last_report()
-    if new:
-        print(f"skipped {len(new)} unreadable file(s) (total {len(SKIPPED)}):", file=sys.stderr)
-        for path, reason in list(new.items())[:20]:
-            print(f"  {path}: {reason}", file=sys.stderr)
-        if len(new) > 20:
-            print(f"  ... and {len(new) - 20} more", file=sys.stderr)
 
 
 class CurvesPlot(keras.callbacks.Callback):
@@ -281,9 +249,12 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     Under `distribute.strategy: multi_worker` every worker runs this with the same config; the
     chief alone writes the run folder and evaluates, the others return
     {"worker": index, "weights_sha1": ...}."""
+    from mobilevision.data.shapes import prepare_data
     from mobilevision.backbones.weights import load_checkpoint
+    from mobilevision.data.sources import source_for
+    from mobilevision.tasks import TASKS, build_model
     from mobilevision.tasks import distribute as dist
-    from mobilevision.tasks import get_task
+    from mobilevision.workarounds import patch_fit
 
     run = run_dir_for(cfg, output)
     ckpt_dir = run / "checkpoints"
@@ -321,42 +292,37 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         print(f"{where}distribute.strategy={cfg.distribute.strategy}: {replicas} replicas, global "
               f"batch {cfg.train.batch_size}, {cfg.train.batch_size // replicas} per replica")
 
-    task = get_task(cfg)
-    task.prepare_data()
+    task = TASKS[cfg.task]
+    prepare_data(cfg)
+    source = source_for(cfg)
     # The model first: a detector's anchors, which its training targets need, come from the
     # maps its head built.
     with strategy.scope():
-        model = task.build_model()
-    train_ds, n_train = _training_data(task, strategy)
-    val_ds = task.build_dataset(cfg.data.val_split, training=False)[0] if task.fit_validation else None
-    names = getattr(task, "class_names", None)
-    if names and chief:
-        atomic_write_text(run / "labels.txt", "\n".join(names) + "\n")
+        model = build_model(cfg)
+    train_ds, n_train = _training_data(source, model, strategy)
+    names = source.class_names
     if chief:
+        atomic_write_text(run / "labels.txt", "\n".join(names) + "\n")
         from mobilevision.report import write_data_report
 
-        write_data_report(task, [cfg.data.train_split, cfg.data.val_split], run)
+        write_data_report(source, [cfg.data.train_split, cfg.data.val_split], run)
     # The training data repeats; an epoch is counted in steps, so it stays the same length when
     # unreadable files are skipped.
-    steps = cfg.train.steps_per_epoch or task.steps_per_epoch(n_train)
-    if multi_worker:
-        # Validation (the classifier's top-1 in fit): every worker reads the whole split and
-        # evaluates its part of each batch, so each example counts once.
-        val_ds = _shard_by_data(val_ds)
+    steps = cfg.train.steps_per_epoch or max(1, n_train // cfg.train.batch_size)
 
     initial_epoch, best = 0, None
     with strategy.scope():
         if replicas > 1 and cfg.distribute.sync_batchnorm:
             dist.synchronize_batchnorm(model)
-        task.compile(model, steps)
+        task.compile(model, cfg, steps)
         # Built here so its slots are distributed variables too (and are sized for the check).
         model.optimizer.build(model.trainable_variables)
         if resume and last.exists():
             state = checkpoint_state(last)
             load_checkpoint(model, last)
             initial_epoch, best = state["epoch"], _best_so_far(ckpt_dir, task.monitor_mode)
-    if replicas > 1:
-        dist.patch_fit(model)
+    local = LocalView(model, cfg)
+    patch_fit(model)  # only what this model's strategy needs (workarounds.fit_fixes)
     if multi_worker:
         try:
             dist.agree_on(strategy, initial_epoch, "the epoch to resume from")
@@ -378,7 +344,7 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     callbacks = [guard]
     if chief:  # the other workers train in step with it but write nothing
         callbacks += [
-            *task.callbacks(run),
+            EvalCallback(task, local, cfg, names),
             AtomicCheckpoint(ckpt_dir, task.monitor, task.monitor_mode, best),
             MetricsLog(run / "metrics.csv", initial_epoch),
             CurvesPlot(run / "metrics.csv", run / "plots" / "curves.png", task.monitor,
@@ -393,9 +359,8 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         verbose = 1 if sys.stdout.isatty() else 2
     if initial_epoch < cfg.train.epochs:
         try:
-            model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                      initial_epoch=initial_epoch, steps_per_epoch=steps,
-                      validation_freq=cfg.train.eval_every, callbacks=callbacks, verbose=verbose,
+            model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
                       shuffle=False)  # the tf.data pipeline shuffles, seeded
         except NonFiniteLoss:
             pass  # guard.bad says where; reported below
@@ -429,8 +394,9 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         print(f"{kind} {index}: final weights sha1 {sha1}")
         if not chief:
             return {"worker": index, "weights_sha1": sha1}
-    # Evaluate on one device: a distributed model's predict answers once per replica.
-    return evaluate_run(cfg, run, task=task, model=task.local_view(model))
+    # Evaluate the best checkpoint on one device: a distributed model's predict answers once
+    # per replica.
+    return evaluate_run(cfg, run, local(), names)
 
 
 def _stop_together(dist, strategy, problem, kind, index) -> None:
@@ -464,7 +430,7 @@ def _best_so_far(folder: Path, mode: str):
     return max(values) if mode == "max" else min(values)
 
 
-def _training_data(task, strategy):
+def _training_data(source, model, strategy):
     """-> (the training data for `fit`, repeated, number of examples in the split).
 
     Where each worker has its own input pipeline (multi_worker, tpu: `dist.shards_input`), each
@@ -475,19 +441,24 @@ def _training_data(task, strategy):
     length when unreadable files are skipped, and a worker whose share runs out first never
     leaves the others waiting in an all-reduce."""
     from mobilevision.tasks import distribute as dist
+    from mobilevision.tasks import training_dataset
 
-    split = task.cfg.data.train_split
+    cfg = source.cfg
+
+    def dataset(input_context=None):
+        return training_dataset(cfg, model, source, input_context)
+
     if not dist.shards_input(strategy):
-        ds, n = task.build_dataset(split, training=True)
+        ds, n = dataset()
         return ds.repeat(), n
     counts = []
 
     def share(input_context):
-        ds, n = task.build_dataset(split, training=True, input_context=input_context)
+        ds, n = dataset(input_context)
         count = input_context.num_input_pipelines
         print(f"input pipeline {input_context.input_pipeline_id + 1} of {count}: reads "
               f"{n // count} of the {n} training examples an epoch, in batches of "
-              f"{input_context.get_per_replica_batch_size(task.cfg.train.batch_size)} per replica")
+              f"{input_context.get_per_replica_batch_size(cfg.train.batch_size)} per replica")
         counts.append(n)
         return ds.repeat()
 
@@ -495,76 +466,73 @@ def _training_data(task, strategy):
     return ds, counts[0]
 
 
-def _shard_by_data(ds):
-    """`ds` with tf.distribute's DATA sharding: each worker keeps its part of every batch (the
-    sources here are file lists, which FILE sharding cannot split evenly). None stays None."""
-    if ds is None:
-        return None
-    import tensorflow as tf
+class LocalView:
+    """`model`, or for a model trained under a tf.distribute strategy with several replicas, a
+    single-device copy holding its current weights (called each time it is needed). Evaluation
+    runs `predict`, which a distributed model answers once per replica (N images give
+    N x replicas rows) and, across workers, only together with every worker."""
 
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
+    def __init__(self, model, cfg):
+        self.model, self.cfg, self._local = model, cfg, None
+
+    def __call__(self):
+        strategy = getattr(self.model, "_distribute_strategy", None)
+        if strategy is None or strategy.num_replicas_in_sync == 1:
+            return self.model
+        if self._local is None:
+            # Callbacks run outside the strategy's scope, so this model is a plain one.
+            from mobilevision.tasks import TASKS
+
+            self._local = TASKS[self.cfg.task].build(self.cfg)
+        self._local.set_weights(self.model.get_weights())
+        return self._local
 
 
-def find_checkpoint(run) -> Path | None:
-    """The run's best checkpoint, else its last; None when it has neither."""
-    return next((p for p in (Path(run) / "checkpoints" / n for n in (BEST, LAST)) if p.exists()),
-                None)
+class EvalCallback(keras.callbacks.Callback):
+    """Evaluates the validation split every `train.eval_every` epochs (and after the last) with
+    the task's own evaluation, through `predict` (segmentation: single scale, no flip, for
+    speed), and puts `val_<metric>` into the epoch's logs before the checkpoint callback reads
+    them."""
+
+    def __init__(self, task, local: LocalView, cfg, names):
+        super().__init__()
+        self.task, self.local, self.cfg, self.names = task, local, cfg, names
+        self.every = max(1, cfg.train.eval_every)
+        self._api = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = epoch + 1 == self.params.get("epochs")
+        if logs is None or ((epoch + 1) % self.every and not last):
+            return
+        from mobilevision.model import Model
+
+        model = self.local()
+        if self._api is None or self._api.keras_model is not model:
+            self._api = Model.from_keras(model, self.cfg, names=self.names)
+        metrics = self._api.evaluate(self.cfg.data.val_split, **self.task.eval_options)
+        for key in self.task.logged:
+            logs[f"val_{key}"] = float(metrics[key])
+        print(json.dumps({f"val_{k}": round(float(metrics[k]), 4) for k in self.task.logged}))
 
 
-def load_run_weights(model, run, weights=None):
-    """Load `weights`, a file the user names (`--weights`: loaded as `model.weights` is, see
-    `load_model_weights`), else the run's best, else last checkpoint (Keras' own loader).
+def evaluate_run(cfg, run: Path, model, names) -> dict:
+    """Load the run's best (else last) checkpoint into `model` (a plain, single-device model of
+    `cfg`) and evaluate it on the validation split: run/eval.json, the task's pictures, the
+    per-class table. Returns the metrics."""
+    from mobilevision.model import Model
+    from mobilevision.backbones.weights import load_checkpoint
 
-    Returns the file loaded, or None when there is none: the model keeps what `build_model` gave
-    it (`model.weights`, or initial weights)."""
-    from mobilevision.backbones.weights import load_checkpoint, load_model_weights
-
+    weights = find_checkpoint(run)
     if weights is not None:
-        load_model_weights(model, weights)
-        return weights
-    found = find_checkpoint(run)
-    if found is not None:
-        load_checkpoint(model, found)
-    return found
-
-
-def evaluate_run(cfg, run: Path, *, weights=None, task=None, model=None, split=None) -> dict:
-    """Evaluate `weights` (a file the user names; default: the run's best, else last checkpoint,
-    see `load_run_weights`) on `split` (default the validation split), write run/eval.json and
-    the task's pictures (run/plots/, another split's in run/plots/<split>/; also to TensorBoard),
-    and print the per-class table. Returns the metrics."""
-    from mobilevision import plots
-    from mobilevision.data.skips import SKIPPED
-    from mobilevision.report import per_class_table
-    from mobilevision.tasks import get_task
-
-    task = task or get_task(cfg)
-    split = split or cfg.data.val_split
-    if model is None:
-        set_precision(cfg)
-        task.prepare_data()
-        model = task.build_model()
-        task.compile(model, steps_per_epoch=1)  # for the loss and metrics; no training here
-    weights = load_run_weights(model, run, weights)
-    if weights is None and not cfg.model.weights:
+        load_checkpoint(model, weights)
+    elif not cfg.model.weights:
         print("warning: evaluating an untrained model (no checkpoint and no model.weights)",
               file=sys.stderr)
-    results = task.evaluate(model, split, out_dir=run)
-    results["weights"] = str(weights or cfg.model.weights)
-    results["skipped_files"] = SKIPPED.items()
-    report_skips()
-    atomic_write_json(run / "eval.json", results)
-    val = split == cfg.data.val_split
-    plots.write_task_pictures(task.pictures(model, split, results),
-                              run / "plots" if val else run / "plots" / split,
-                              logdir=run / "logs" / ("validation" if val else split),
-                              step=_epoch_of(weights))
-    table = per_class_table(results)
-    if table:
-        print(table)
-    return results
+    api = Model.from_keras(model, cfg, names=names, run=run, weights=weights)
+    if weights is None:
+        api.path = cfg.model.weights
+    metrics, _ = api.evaluate_with_pictures(output=run, step=_epoch_of(weights))
+    return metrics
 
 
 def _epoch_of(weights) -> int:
@@ -574,7 +542,3 @@ def _epoch_of(weights) -> int:
     except TrainingError:
         return 0
 
-
-def dumps_metrics(results: dict) -> str:
-    """One-line JSON of the numeric metrics (what `evaluate` prints last)."""
-    return json.dumps({k: v for k, v in results.items() if isinstance(v, (int, float, str))})

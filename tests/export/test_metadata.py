@@ -67,8 +67,12 @@ def models(tmp_path_factory):
     def segment(image):
         return {"scores": tf.nn.softmax(tf.nn.conv2d(image, kernel, 1, "SAME"), axis=-1)}
 
-    cfg = load_config("shapes_ssdlite.yaml")
-    postprocess = detection_postprocess_fn(cfg)
+    from mobilevision.tasks.detection import SSDDecoder
+
+    h = load_config("shapes_ssdlite.yaml").model.head  # the demo detector's NMS settings
+    decoder = SSDDecoder(np.zeros((1, 4)), "softmax", h.nms_iou, h.score_threshold,
+                         h.max_detections)
+    postprocess = detection_postprocess_fn(decoder, num_classes=len(SHAPES))
     grid = (np.arange(SIZE // 4) + 0.5) / (SIZE // 4)
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
     anchors = np.stack([yy.ravel(), xx.ravel(), np.full(yy.size, 0.4), np.full(yy.size, 0.4)],

@@ -1,6 +1,6 @@
 """DeepLabv3 head: output shapes at every output stride with and without ASPP, the backbone's
 dilation rates, float32 logits under mixed precision, how dilated convs are counted, and the
-paper's Table 7 parameter / MAdds figures (PAPER.md)."""
+paper's Table 7 parameter / MAdds figures (docs/paper.md)."""
 
 import json
 
@@ -12,7 +12,7 @@ from mobilevision.cli import main
 from mobilevision.heads.deeplabv3 import DEFAULT_RATES, aspp_rates, deeplabv3_head
 from mobilevision.profile import profile_model
 
-INPUT_FEATURE = "block_16_project"  # the paper's MNet V2* tap (PAPER.md, Table 7)
+INPUT_FEATURE = "block_16_project"  # the paper's MNet V2* tap (docs/paper.md, Table 7)
 
 
 def _segmenter(size, output_stride, aspp, alpha=0.35, num_classes=6, rates=None):
@@ -84,7 +84,7 @@ def test_logits_stay_float32_under_mixed_precision():
 
 def test_dilated_convs_are_counted_over_the_space_to_batch_grid():
     # TensorFlow runs a rate-r conv over H, W rounded up to multiples of r: rate 6 on 8 x 8
-    # computes 12 x 12 positions (PAPER.md's profiler counts them too); rate 2 on 8 x 8 none extra.
+    # computes 12 x 12 positions (profile counts them; docs/models.md); rate 2 on 8 x 8 none extra.
     inputs = keras.Input((8, 8, 4))
     a = keras.layers.Conv2D(5, 3, dilation_rate=6, padding="same", use_bias=False)(inputs)
     b = keras.layers.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False)(inputs)

@@ -1,6 +1,6 @@
 """SSDLite head: output shapes and per-map sizes at several input sizes, the output order the
 anchor generator relies on, extra-layer depths under a width multiplier, float32 outputs under
-mixed precision, and the paper's parameter / MAdds figures (PAPER.md, Table 6)."""
+mixed precision, and the paper's parameter / MAdds figures (docs/paper.md, Table 6)."""
 
 import keras
 import numpy as np
@@ -12,7 +12,7 @@ from mobilevision.ops.anchors import SSDAnchorGenerator
 from mobilevision.profile import profile_model
 
 RECIPE_ANCHORS = [3, 6, 6, 6, 6, 6]  # 3 on the lowest map, 6 elsewhere (reference recipe)
-TAPS = ("block_13_expand_relu", "out_relu")  # the paper's taps (PAPER.md, SSDLite)
+TAPS = ("block_13_expand_relu", "out_relu")  # the paper's taps (docs/paper.md, SSDLite)
 
 
 def _detector(size, alpha, num_classes, output_stride=32):
@@ -49,14 +49,14 @@ def test_coco_320_shapes(coco320):
 def test_coco_320_matches_paper_and_reference_build(coco320):
     model, _ = coco320
     stats = profile_model(model)
-    # PAPER.md: "MNet V2 + SSDLite: 4.3M params, 0.8B MAdds"; a reference build of that design
+    # docs/paper.md: "MNet V2 + SSDLite: 4.3M params, 0.8B MAdds"; a reference build of that design
     # measures 4,387,765 params and 0.789B MAdds. Params count every weight, BN moving mean and
     # variance included (keras `count_params`); MAdds count convs only (no bias, BN, ReLU).
     assert stats["params"] == 4_387_765
     assert abs(stats["params"] / 4.3e6 - 1) <= 0.03
     assert stats["madds"] == 788_830_144
     assert abs(stats["madds"] / 0.8e9 - 1) <= 0.05
-    # The head alone: PAPER.md's "SSDLite head (80 classes) 2.1M params".
+    # The head alone: docs/paper.md's "SSDLite head (80 classes) 2.1M params".
     head = sum(int(np.prod(w.shape)) for l in model.layers if l.name.startswith("ssd_")
                for w in l.weights)
     assert abs(head / 2.1e6 - 1) <= 0.03

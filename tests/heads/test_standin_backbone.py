@@ -8,7 +8,9 @@ import pytest
 import mobilevision as mv
 from mobilevision.backbones import BACKBONES, Backbone
 from mobilevision.config import ConfigError
-from mobilevision.tasks import get_task
+from mobilevision.data.shapes import prepare_data
+from mobilevision.tasks import TASKS, build_model, training_dataset
+from mobilevision.tasks.detection import anchor_generator, feature_maps
 
 CHANNELS = {"c8": 16, "c16": 24, "c32": 32}
 
@@ -53,13 +55,12 @@ def test_each_head_trains_a_step_on_a_standin_backbone(task_name, registered, tm
         "model.input_size=[64,96]", "data.shapes.num_train=8", "data.shapes.num_val=4",
         "data.shapes.image_size=64", "train.batch_size=4", "model.head.aspp=true"])
     assert cfg.model.head.features == list(STANDIN.head_taps[task_name])
-    task = get_task(cfg)
-    task.prepare_data()
-    model = task.build_model()
+    prepare_data(cfg)
+    model = build_model(cfg)
     assert not any(layer.name.startswith(("block_", "Conv1", "out_relu"))
                    for layer in model.layers)  # no MobileNetV2 layer anywhere
-    task.compile(model, steps_per_epoch=1)
-    images, targets = next(iter(task.build_dataset("train", training=True)[0]))
+    TASKS[task_name].compile(model, cfg, 1)
+    images, targets = next(iter(training_dataset(cfg, model)[0]))
     before = [np.array(w) for w in model.trainable_weights]
     logs = model.train_on_batch(images, targets, return_dict=True)
     assert np.isfinite(logs["loss"])
@@ -72,10 +73,10 @@ def test_each_head_trains_a_step_on_a_standin_backbone(task_name, registered, tm
     assert any("predictions" in p or "logits" in p or "ssd_class" in p for p in changed)
     if task_name == "detection":
         # Three taps (strides 8, 16, 32) + four extras: seven maps, anchors from their sizes.
-        assert [m["size"] for m in task.feature_maps()] == [[8, 12], [4, 6], [2, 3], [1, 2],
-                                                            [1, 1], [1, 1], [1, 1]]
-        assert model.output["boxes"].shape[1] == len(task.anchors())
-        assert task.num_anchors() == [3, 6, 6, 6, 6, 6, 6]
+        assert [m["size"] for m in feature_maps(cfg, model)] == [
+            [8, 12], [4, 6], [2, 3], [1, 2], [1, 1], [1, 1], [1, 1]]
+        assert model.output["boxes"].shape[1] == len(model.decoder.anchors)
+        assert anchor_generator(cfg).num_anchors_per_location(7) == [3, 6, 6, 6, 6, 6, 6]
 
 
 def test_a_tap_the_backbone_lacks_is_a_config_error(registered):

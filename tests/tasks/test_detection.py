@@ -6,13 +6,16 @@ import pytest
 import tensorflow as tf
 
 import mobilevision as mv
+from mobilevision.api import Model
 from mobilevision.data import detection_augment as aug
 from mobilevision.data.shapes import ensure_shapes
+from mobilevision.data.sources import source_for
 from mobilevision.ops.matcher import encode_targets
-from mobilevision.tasks import get_task
+from mobilevision.tasks import build_model, detection, training_dataset
 
 PARAMS = {"num_train": 24, "num_val": 8, "image_size": 128, "seed": 0,
           "texture_contrast": 0.3, "min_size_frac": 0.15}  # as shapes_ssdlite.yaml
+NAMES = ["circle", "square", "triangle", "star", "hexagon"]
 
 
 @pytest.fixture(scope="module")
@@ -22,28 +25,40 @@ def shapes_det(tmp_path_factory):
     return root
 
 
-def _task(root, *extra):
+def _cfg(root, *extra):
     overrides = [f"data.root={root}", "model.input_size=[128,128]", "train.batch_size=4"]
     overrides += [f"data.shapes.{k}={v}" for k, v in PARAMS.items()]
-    return get_task(mv.load_config("shapes_ssdlite.yaml", overrides + list(extra)))
+    return mv.load_config("shapes_ssdlite.yaml", overrides + list(extra))
 
 
-def test_model_outputs_one_row_per_anchor(shapes_det):
-    task = _task(shapes_det)
-    model = task.build_model()
-    anchors = task.anchors()
-    out = model.predict(np.zeros((1, 128, 128, 3), np.float32), verbose=0)
-    assert out["boxes"].shape == (1, len(anchors), 4)
-    assert out["classes"].shape == (1, len(anchors), 6)  # 5 shapes + background
-    assert task.num_anchors() == [3, 6, 6, 6, 6, 6]
-    assert task.class_names == ["circle", "square", "triangle", "star", "hexagon"]
+@pytest.fixture(scope="module")
+def detector(shapes_det):
+    """(config, an untrained detector of it), built once."""
+    cfg = _cfg(shapes_det)
+    return cfg, build_model(cfg)
 
 
-def test_training_batches_carry_encoded_targets(shapes_det):
-    task = _task(shapes_det)
-    ds, n = task.build_dataset("train", training=True)
+def test_model_outputs_one_row_per_anchor_and_predict_decodes(detector):
+    cfg, model = detector
+    anchors = model.decoder.anchors
+    images = np.zeros((1, 128, 128, 3), np.float32)
+    raw = model(images)
+    assert raw["boxes"].shape == (1, len(anchors), 4)
+    assert raw["classes"].shape == (1, len(anchors), 6)  # 5 shapes + background
+    decoded = model.predict(images, verbose=0)
+    assert {k: v.shape for k, v in decoded.items()} == {
+        "boxes": (1, 100, 4), "classes": (1, 100), "scores": (1, 100), "count": (1,)}
+    assert all(v.dtype == np.float32 for v in decoded.values())
+    assert detection.anchor_generator(cfg).num_anchors_per_location(
+        len(model.decoder.map_sizes)) == [3, 6, 6, 6, 6, 6]
+    assert source_for(cfg).class_names == NAMES
+
+
+def test_training_batches_carry_encoded_targets(detector):
+    cfg, model = detector
+    ds, n = training_dataset(cfg, model)
     images, targets = next(iter(ds))
-    num_anchors = len(task.anchors())
+    num_anchors = len(model.decoder.anchors)
     assert n == 24 and images.shape == (4, 128, 128, 3)
     assert targets["boxes"].shape == (4, num_anchors, 4)
     assert targets["classes"].shape == (4, num_anchors)
@@ -52,11 +67,11 @@ def test_training_batches_carry_encoded_targets(shapes_det):
     assert (classes > 0).sum() > 0  # objects were matched to anchors
 
 
-def test_graph_and_python_decoding_give_the_same_batches(shapes_det):
+def test_graph_and_python_decoding_give_the_same_batches(shapes_det, detector):
     """data.decode=graph (the default) and python: the same pixels, boxes and targets."""
-    tasks = [_task(shapes_det, f"data.decode={mode}") for mode in ("graph", "python")]
-    tasks[1]._map_sizes = tasks[0].feature_sizes  # one model build for the anchors of both
-    graph, python = (next(iter(t.build_dataset("train", training=True)[0])) for t in tasks)
+    _, model = detector
+    graph, python = (next(iter(training_dataset(_cfg(shapes_det, f"data.decode={mode}"), model)[0]))
+                     for mode in ("graph", "python"))
     np.testing.assert_array_equal(graph[0].numpy(), python[0].numpy())
     for key in ("boxes", "classes"):
         np.testing.assert_array_equal(graph[1][key].numpy(), python[1][key].numpy())
@@ -95,60 +110,58 @@ def test_ssd_crop_keeps_boxes_inside_the_crop():
     assert empty[1].shape == (0, 4)
 
 
-def test_perfect_outputs_decode_to_ap_1(shapes_det):
-    """Encode the val ground truth as if a model had predicted it exactly, then post-process and
-    evaluate through the same path as a real model: decoding, NMS, category ids, COCOeval."""
-    from mobilevision.tasks.coco_eval import CocoEvaluator, detections_to_coco
-
-    task = _task(shapes_det)
-    anchors = task.anchors()
-    coco = task.coco("val")
-    detections = []
-    for r in coco.records:
+def _perfect_model(cfg, model, records):
+    """An API Model whose runtime answers each image, in the order the evaluation reads them
+    (`records`), with the model's decoder applied to the raw outputs that encode its ground
+    truth exactly: evaluation then runs decoding, NMS, results, category ids and COCOeval."""
+    anchors = model.decoder.anchors
+    raw = []
+    for r in records:
         box_t, cls_t = (np.asarray(t) for t in encode_targets(anchors, r.boxes, r.labels))
         logits = np.full((len(anchors), 6), -10.0, np.float32)
         logits[np.arange(len(anchors)), np.maximum(cls_t, 0)] = 10.0
-        d = task.postprocess({"boxes": box_t[None], "classes": logits[None]})
-        c = int(d["count"][0])
-        detections += detections_to_coco(r.image_id, d["boxes"][0, :c], d["scores"][0, :c],
-                                          d["classes"][0, :c] + 1, r.width, r.height,
-                                          coco.category_ids)
-    metrics = CocoEvaluator(coco.instances).evaluate(detections)
-    assert metrics["AP50"] == pytest.approx(1.0)
-    assert metrics["AP"] > 0.95  # box codes survive the round trip to pixels
+        raw.append((box_t, logits))
+
+    def run(images):
+        batch = [raw.pop(0) for _ in range(len(images))]
+        decoded = model.decoder({"boxes": tf.constant(np.stack([b for b, _ in batch])),
+                                 "classes": tf.constant(np.stack([c for _, c in batch]))})
+        return {k: v.numpy() for k, v in decoded.items()}
+
+    return Model(run, task="detection", names=NAMES, input_size=(128, 128), config=cfg)
 
 
-def test_an_unreadable_val_image_is_left_out_of_coco_eval(shapes_det, tmp_path):
+def test_perfect_outputs_decode_to_ap_1(detector):
+    cfg, model = detector
+    source = source_for(cfg)
+    evaluation = detection.evaluate(_perfect_model(cfg, model, source.records("val").records),
+                                    source, "val", batch_size=3)
+    assert evaluation.metrics["AP50"] == pytest.approx(1.0)
+    assert evaluation.metrics["AP"] > 0.95  # box codes survive the round trip to pixels
+    assert len(evaluation.files["detections_val.json"]) >= sum(
+        len(r.boxes) for r in source.records("val").records)
+
+
+def test_an_unreadable_val_image_is_left_out_of_coco_eval(shapes_det, detector, tmp_path):
     """A val image that cannot be decoded gets no detections; it must not count as missing all
     of its boxes (AP stays 1 for otherwise perfect outputs) nor as an evaluated image."""
     import shutil
 
     from mobilevision.data.skips import SKIPPED
 
+    _, model = detector
     root = tmp_path / "data"
     shutil.copytree(shapes_det, root)
-    task = _task(root)
-    coco = task.coco("val")
-    bad = coco.records[2]
+    cfg = _cfg(root)
+    source = source_for(cfg)
+    records = source.records("val").records
+    bad = records[2]
     data = open(bad.path, "rb").read()
     open(bad.path, "wb").write(data[: len(data) // 3])  # a truncated JPEG: header intact
-    anchors = task.anchors()
-    perfect = []
-    for r in coco.records:
-        box_t, cls_t = (np.asarray(t) for t in encode_targets(anchors, r.boxes, r.labels))
-        logits = np.full((len(anchors), 6), -10.0, np.float32)
-        logits[np.arange(len(anchors)), np.maximum(cls_t, 0)] = 10.0
-        perfect.append((box_t, logits))
-
-    class PerfectModel:  # answers the val images in order, as the evaluation reads them
-        def predict_on_batch(self, images):
-            batch = [perfect.pop(0) for _ in range(len(images))]
-            return {"boxes": np.stack([b for b, _ in batch]),
-                    "classes": np.stack([c for _, c in batch])}
-
-    metrics = task.evaluate(PerfectModel(), "val")
+    readable = [r for r in records if r is not bad]
+    metrics = detection.evaluate(_perfect_model(cfg, model, readable), source, "val").metrics
     assert metrics["AP50"] == pytest.approx(1.0)
-    assert metrics["num_examples"] == len(coco.records) - 1
+    assert metrics["num_examples"] == len(records) - 1
     assert "truncated" in SKIPPED.items()[str(bad.path)]
 
 
@@ -167,7 +180,7 @@ def test_short_training_run_writes_coco_metrics(shapes_det, tmp_path, png_size):
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"):
         assert isinstance(saved[key], float), key
-    assert set(saved["per_class_AP"]) == {"circle", "square", "triangle", "star", "hexagon"}
+    assert set(saved["per_class_AP"]) == set(NAMES)
     assert saved["num_examples"] == 8 and saved["AP"] == pytest.approx(results["AP"])
     with open(tmp_path / "run" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -178,6 +191,7 @@ def test_short_training_run_writes_coco_metrics(shapes_det, tmp_path, png_size):
     assert data["splits"]["train"]["images"] == 24 and data["splits"]["val"]["images"] == 8
     for name in ("curves", "pr_curve", "per_class_AP", "samples"):
         png_size(tmp_path / "run" / "plots" / f"{name}.png")
+    assert len(json.loads((tmp_path / "run" / "detections_val.json").read_text())) > 0
 
 
 def _write_tfds_coco(data_dir, coco_dataset):
@@ -206,15 +220,19 @@ def _write_tfds_coco(data_dir, coco_dataset):
          "val": list(examples(coco_dataset.records[:4]))}, data_dir=str(data_dir))
 
 
-def test_tfds_coco_layout_trains_and_evaluates(shapes_det, tmp_path):
-    coco = _task(shapes_det).coco("train")
+def test_tfds_coco_layout_trains_and_evaluates(shapes_det, detector, tmp_path):
+    from mobilevision.data.pipeline import build_dataset
+
+    _, model = detector
+    coco = source_for(_cfg(shapes_det)).records("train")
     _write_tfds_coco(tmp_path, coco)
-    task = _task(shapes_det, "data.format=tfds", "data.synthetic=null", "data.tfds.name=mv_test_coco",
-                 f"data.tfds.data_dir={tmp_path}")
-    assert task.class_names == ["circle", "square", "triangle", "star", "hexagon"]
-    images, targets = next(iter(task.build_dataset("train", training=True)[0]))
+    cfg = _cfg(shapes_det, "data.format=tfds", "data.synthetic=null",
+               "data.tfds.name=mv_test_coco", f"data.tfds.data_dir={tmp_path}")
+    source = source_for(cfg)
+    assert source.class_names == NAMES
+    images, targets = next(iter(training_dataset(cfg, model, source)[0]))
     assert images.shape == (4, 128, 128, 3) and (targets["classes"].numpy() > 0).any()
-    val = task.coco("val")  # in TFDS's own (shuffled) order, kept the same by the pipeline
+    val = source.records("val")  # in TFDS's own (shuffled) order, kept the same by the pipeline
     by_id = {r.image_id: r for r in coco.records[:4]}
     assert sorted(r.image_id for r in val.records) == sorted(by_id)
     for r in val.records:
@@ -222,25 +240,30 @@ def test_tfds_coco_layout_trains_and_evaluates(shapes_det, tmp_path):
         assert r.labels.tolist() == by_id[r.image_id].labels.tolist()
         assert (r.width, r.height) == (128, 128)
     assert val.instances.categories[0] == {"id": 1, "name": "circle"}
-    indices = np.concatenate([i.numpy() for _, i, _ in task.build_dataset("val", training=False)[0]])
-    assert indices.tolist() == [0, 1, 2, 3]
+    indices = [int(i) for _, _, _, i in build_dataset(source, "val", training=False)[0]]
+    assert indices == [0, 1, 2, 3]
+    metrics = detection.evaluate(Model.from_keras(model, cfg, names=NAMES), source, "val").metrics
+    assert metrics["num_examples"] == 4
 
 
-def test_predict_writes_annotated_images_and_pixel_boxes(shapes_det, tmp_path):
-    task = _task(shapes_det, "model.head.score_threshold=0.0")
-    model = task.build_model()
-    paths = [r.path for r in task.coco("val").records[:2]]
-    results = task.predict(model, paths + [str(tmp_path / "missing.jpg")], tmp_path / "out")
-    assert [r["file"] for r in results] == paths + [str(tmp_path / "missing.jpg")]
-    assert "error" in results[2]
+def test_predict_gives_pixel_boxes_and_writes_annotated_images(shapes_det, tmp_path):
+    cfg = _cfg(shapes_det, "model.head.score_threshold=0.0")
+    model = Model.from_keras(build_model(cfg), cfg, names=NAMES)
+    paths = [r.path for r in source_for(cfg).records("val").records[:2]]
+    results = model.predict(paths + [str(tmp_path / "missing.jpg")], on_error="keep")
+    assert [r.file for r in results] == paths + [str(tmp_path / "missing.jpg")]
+    assert isinstance(results[2], mv.UnreadableImage) and "not found" in results[2].error
     for r in results[:2]:
-        assert r["detections"], "an untrained head still scores every anchor above 0"
-        for d in r["detections"]:
-            x, y, w, h = d["bbox"]
-            assert 0 <= x and 0 <= y and x + w <= 128.001 and y + h <= 128.001
-            assert d["class"] in task.class_names and 0 < d["score"] <= 1
+        assert len(r) == 100, "an untrained head still scores every anchor above 0"
+        assert (r.boxes >= 0).all() and (r.boxes <= 128).all()
+        assert (r.boxes[:, 2:] >= r.boxes[:, :2]).all()
+        for d in r.to_json()["detections"]:
+            assert d["class"] in NAMES and 0 < d["score"] <= 1
+        r.save(tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         p.split("/")[-1] for p in paths)
+    with pytest.raises(ValueError, match=r"\(h, w, 3\) uint8"):
+        model.predict(np.zeros((8, 8), np.uint8))
 
 
 def test_data_report_on_the_shapes_data(shapes_det, tmp_path, capsys):
@@ -261,15 +284,14 @@ def test_data_report_on_the_shapes_data(shapes_det, tmp_path, capsys):
                           {**a0, "id": 10**6 + 1, "bbox": [-5, 10, 20, 20]}]  # clipped, kept
     path.write_text(json.dumps(gt))
     (root / "train" / "images" / unreadable["file_name"]).write_bytes(b"")
-    report = write_data_report(_task(root), ["train", "val"], tmp_path / "run")
+    report = write_data_report(source_for(_cfg(root)), ["train", "val"], tmp_path / "run")
     assert json.loads((tmp_path / "run" / "data.json").read_text()) == report
     train = report["splits"]["train"]
     kept = [a for a in gt["annotations"] if a["image_id"] != unreadable["id"] and a["bbox"][2] > 0]
     names = {c["id"]: c["name"] for c in gt["categories"]}
     assert train["images"] == 23 and train["objects"] == len(kept)
     assert train["objects_per_class"] == {
-        name: sum(names[a["category_id"]] == name for a in kept)
-        for name in ("circle", "square", "triangle", "star", "hexagon")}
+        name: sum(names[a["category_id"]] == name for a in kept) for name in NAMES}
     assert train["objects_per_class"]["hexagon"] == 0
     assert train["images_without_objects"] == sum(
         not any(a["image_id"] == i["id"] for a in kept) for i in gt["images"][:-1])
@@ -284,7 +306,7 @@ def test_data_report_on_the_shapes_data(shapes_det, tmp_path, capsys):
     assert "warning: class 'hexagon' has no training examples" in err
 
 
-def test_predict_score_threshold_changes_the_drawing_not_the_json(shapes_det, tmp_path,
+def test_predict_score_threshold_changes_the_drawing_not_the_json(shapes_det, detector, tmp_path,
                                                                    monkeypatch, capsys):
     import json
 
@@ -292,10 +314,10 @@ def test_predict_score_threshold_changes_the_drawing_not_the_json(shapes_det, tm
     from mobilevision.data.decode import read_image
 
     monkeypatch.chdir(tmp_path)  # no runs/ folder here: labels come from the data
-    task = _task(shapes_det)
+    cfg, model = detector
     weights = tmp_path / "untrained.weights.h5"
-    task.build_model().save_weights(weights)
-    image = task.coco("val").records[0].path
+    model.save_weights(weights)
+    image = source_for(cfg).records("val").records[0].path
     overrides = [f"data.root={shapes_det}", "model.input_size=[128,128]",
                  "model.head.score_threshold=0.0"]
     outputs = {}
@@ -318,4 +340,3 @@ def test_predict_score_threshold_changes_the_drawing_not_the_json(shapes_det, tm
     assert "--score-threshold applies to detection" in capsys.readouterr().err
     assert main(["predict", "--config", "shapes_ssdlite.yaml", "--input", image,
                  "--score-threshold", "5"]) == 2
-

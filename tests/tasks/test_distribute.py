@@ -12,7 +12,7 @@ initialized MobileNetV2 those float32 differences change single gradient entries
 (the median entry by 2-4%, on one device, just by switching the variance formula), and the
 loss after an update is very sensitive to them: over this two-step epoch the losses differed by
 2.4% (measured) while both used Keras' BatchNormalization. One device now trains with the fused
-kernel (mobilevision/batchnorm.py: one-pass statistics in oneDNN), the replicas with Keras'
+kernel (mobilevision/workarounds.py: one-pass statistics in oneDNN), the replicas with Keras'
 synchronized formula, and the two-step losses differ by 5.4-5.6% (measured: 1.751 and 1.747
 against 1.851), though the first step's loss agrees to 6 digits (the one-step test below).
 A wrong normalization is far outside REPLICA_RTOL: without synchronized BatchNorm the first
@@ -34,7 +34,7 @@ import pytest
 
 import mobilevision as mv
 from mobilevision.data.decode import is_image_file
-from mobilevision.tasks import get_task
+from mobilevision.tasks import TASKS, build_model, training_dataset
 from mobilevision.tasks.trainer import TrainingError, checkpoint_state, train
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -78,7 +78,7 @@ def runs(shapes_folders, tiny_overrides, tmp_path_factory, opened_files):
         # a cache kept beside the data) is already done and the watch sees the training reads.
         cfg = mv.load_config("shapes_classifier.yaml",
                              tiny_overrides(copy, **{**SETTINGS, **RUNS[f"worker{i}"]}))
-        get_task(cfg).build_dataset(cfg.data.train_split, training=True)
+        training_dataset(cfg, build_model(cfg))
     watch = opened_files([d for copy in data.values() for d in (copy / "train").iterdir()])
     procs = {"one_step": subprocess.Popen(
         [sys.executable, "-c", ONE_STEP, json.dumps(_one_step_configs(root / "one_step"))],
@@ -166,9 +166,8 @@ def test_two_workers_end_with_the_same_weights_and_only_the_chief_writes(runs):
     from mobilevision.tasks.trainer import weights_fingerprint
 
     cfg = mv.load_config(chief / "config.yaml", ["distribute.strategy=default"])
-    task = get_task(cfg)
-    model = task.build_model()
-    task.compile(model, 4)
+    model = build_model(cfg)
+    TASKS[cfg.task].compile(model, cfg, 4)
     model.optimizer.build(model.trainable_variables)
     model.load_weights(chief / "checkpoints" / "last.weights.h5")
     assert weights_fingerprint(model) == sha[0]
@@ -231,7 +230,9 @@ ONE_STEP = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import numpy as np
     import mobilevision as mv
-    from mobilevision.tasks import distribute as dist, get_task
+    from mobilevision.data.shapes import prepare_data
+    from mobilevision.tasks import TASKS, build_model, distribute as dist, training_dataset
+    from mobilevision.workarounds import patch_fit
     from mobilevision.utils import set_seed
 
     # One strategy for the process, as in training: a second one would number its collectives
@@ -244,17 +245,16 @@ ONE_STEP = textwrap.dedent("""
         for name in ("one", "two"):
             strategy = tf.distribute.get_strategy() if name == "one" else mirrored
             set_seed(0)
-            task = get_task(cfg)
-            task.prepare_data()
-            ds, _ = task.build_dataset(cfg.data.train_split, training=True)
+            prepare_data(cfg)
             with strategy.scope():
-                model = task.build_model()
+                model = build_model(cfg)
                 if name == "two":
                     dist.synchronize_batchnorm(model)
-                task.compile(model, 1)
+                TASKS[cfg.task].compile(model, cfg, 1)
                 model.optimizer.build(model.trainable_variables)
+            ds, _ = training_dataset(cfg, model)
             if name == "two":
-                dist.patch_fit(model)
+                patch_fit(model)
             before = [np.array(v.numpy()) for v in model.trainable_variables]
             loss = model.fit(ds.repeat(), steps_per_epoch=1, epochs=1, verbose=0).history["loss"][0]
             move = np.concatenate([(np.array(v.numpy()) - b).ravel()

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import mobilevision as mv
+from mobilevision.api import Model
+from mobilevision.data.shapes import prepare_data
 from mobilevision.cli import main
-from mobilevision.export import export_model
-from mobilevision.export.runtime import load_exported
-from mobilevision.tasks import get_task
+from mobilevision.tasks import TASKS, build_model, training_dataset
+from mobilevision.tasks.detection import feature_maps
 
 CONFIGS = {"classification": "shapes_classifier.yaml", "detection": "shapes_ssdlite.yaml",
            "segmentation": "shapes_deeplabv3.yaml"}
@@ -33,7 +34,7 @@ def data_roots(tmp_path_factory):
     roots = {}
     for task_name, config in CONFIGS.items():
         roots[task_name] = tmp_path_factory.mktemp(f"os_{task_name}")
-        get_task(mv.load_config(config, _overrides(roots[task_name], 32))).prepare_data()
+        prepare_data(mv.load_config(config, _overrides(roots[task_name], 32)))
     return roots
 
 
@@ -46,18 +47,17 @@ def test_train_evaluate_export_at_output_stride(task_name, output_stride, data_r
     """In process, as the commands do it: a train step, `evaluate`, TFLite export and the
     exported file scored by the same evaluation (`evaluate --model`)."""
     cfg = mv.load_config(CONFIGS[task_name], _overrides(data_roots[task_name], output_stride))
-    task = get_task(cfg)
-    model = task.build_model()
-    task.compile(model, steps_per_epoch=1)
-    images, targets = next(iter(task.build_dataset("train", training=True)[0]))
+    model = build_model(cfg)
+    TASKS[task_name].compile(model, cfg, 1)
+    images, targets = next(iter(training_dataset(cfg, model)[0]))
     assert np.isfinite(model.train_on_batch(images, targets, return_dict=True)["loss"])
     if task_name == "detection":
         # Anchors come from the maps the head built; one row of outputs per anchor.
-        anchors = task.anchors()
-        out = model.predict_on_batch(np.zeros((1, *SIZE, 3), np.float32))
+        anchors = model.decoder.anchors
+        out = model(np.zeros((1, *SIZE, 3), np.float32))
         assert out["boxes"].shape == (1, len(anchors), 4)
         assert out["classes"].shape == (1, len(anchors), cfg.model.num_classes + 1)
-        maps = task.feature_maps()
+        maps = feature_maps(cfg, model)
         assert sum(m["anchors"] for m in maps) == len(anchors)
         # The taps sit at min(16, OS) (block 13's expansion) and OS; the extras halve the last.
         fine = min(16, output_stride)
@@ -65,10 +65,11 @@ def test_train_evaluate_export_at_output_stride(task_name, output_stride, data_r
             [64 // fine, 96 // fine], [64 // output_stride, 96 // output_stride],
             [-(-64 // output_stride // 2), -(-96 // output_stride // 2)]]
     metric = {"classification": "top1", "detection": "AP50", "segmentation": "mIoU"}[task_name]
-    keras_eval = task.evaluate(model, "val")
+    keras_model = Model.from_keras(model, cfg)
+    keras_eval = keras_model.evaluate("val")
 
-    (record,) = export_model(task, model, ["tflite"], tmp_path, log=lambda *a: None)
-    file_eval = task.evaluate(load_exported(record["path"], task), "val")
+    files = keras_model.export(["tflite"], tmp_path, log=lambda *a: None)
+    file_eval = mv.load(files["tflite"]).evaluate("val")
     assert file_eval["num_examples"] == keras_eval["num_examples"] == 4
     assert np.isfinite(keras_eval[metric]) and np.isfinite(file_eval[metric])
     if task_name != "detection":  # a float32 file answers as the model (NMS kernels differ)
@@ -79,10 +80,11 @@ def test_detector_at_output_stride_16_from_the_command_line(data_roots, tmp_path
     """The command that crashed inside TensorFlow (anchors for strides 16/32, maps at 16/16):
     train, evaluate, export and evaluate --model, with the anchors checked against the head."""
     overrides = _overrides(data_roots["detection"], 16)
-    task = get_task(mv.load_config("shapes_ssdlite.yaml", overrides))
-    assert [m["size"] for m in task.feature_maps()] == [[4, 6], [4, 6], [2, 3], [1, 2], [1, 1],
-                                                        [1, 1]]
-    assert len(task.anchors()) == 3 * 24 + 6 * (24 + 6 + 2 + 1 + 1)
+    cfg = mv.load_config("shapes_ssdlite.yaml", overrides)
+    model = build_model(cfg)
+    assert [m["size"] for m in feature_maps(cfg, model)] == [[4, 6], [4, 6], [2, 3], [1, 2],
+                                                             [1, 1], [1, 1]]
+    assert len(model.decoder.anchors) == 3 * 24 + 6 * (24 + 6 + 2 + 1 + 1)
     run = tmp_path / "run"
     args = ["--config", "shapes_ssdlite.yaml", *overrides]
     assert main(["train", "--output", str(run), *args]) == 0

@@ -4,6 +4,7 @@ resolution with multi-scale + flip, predict's two PNGs, config errors, and a sho
 
 import csv
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ import mobilevision as mv
 from mobilevision.config import ConfigError
 from mobilevision.data.segmentation import read_label_png
 from mobilevision.data.shapes import ensure_shapes
-from mobilevision.tasks import get_task
+from mobilevision.api import Model
+from mobilevision.data.sources import source_for
+from mobilevision.tasks import build_model, segmentation, training_dataset
 from mobilevision.tasks.segmentation_metrics import (ConfusionMatrixMetric, SegmentationLoss,
                                                      confusion_matrix, segmentation_scores)
 
@@ -33,8 +36,11 @@ def _overrides(root, *extra):
     return values + [f"data.shapes.{k}={v}" for k, v in PARAMS.items()] + list(extra)
 
 
-def _task(root, *extra):
-    return get_task(mv.load_config("shapes_deeplabv3.yaml", _overrides(root, *extra)))
+NAMES = ["background", "circle", "square", "triangle", "star", "hexagon"]
+
+
+def _cfg(root, *extra):
+    return mv.load_config("shapes_deeplabv3.yaml", _overrides(root, *extra))
 
 
 # By hand: 3 classes, 8 pixels of which 2 are ignored (255).
@@ -92,11 +98,14 @@ def test_loss_ignores_255_and_weights_classes():
 
 
 def test_model_and_training_batches(shapes_seg):
-    task = _task(shapes_seg)
-    assert task.class_names == ["background", "circle", "square", "triangle", "star", "hexagon"]
-    model = task.build_model()
+    cfg = _cfg(shapes_seg)
+    assert source_for(cfg).class_names == NAMES
+    model = build_model(cfg)
     assert tuple(model.output.shape) == (None, 64, 64, 6)
-    images, labels = next(iter(task.build_dataset("train", training=True)[0]))
+    scores = model.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0)["scores"]
+    assert scores.shape == (1, 64, 64, 6)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, rtol=1e-5)  # decoded: probabilities
+    images, labels = next(iter(training_dataset(cfg, model)[0]))
     assert images.shape == (8, 64, 64, 3) and labels.shape == (8, 64, 64)
     values = set(np.unique(labels.numpy()))
     assert values <= {0, 1, 2, 3, 4, 5, 255} and len(values - {0, 255}) > 0
@@ -105,8 +114,9 @@ def test_model_and_training_batches(shapes_seg):
 def test_graph_and_python_decoding_give_the_same_batches(shapes_seg):
     """data.decode=graph (the default; palette label maps through grayscale copies) and python:
     the same pixels and the same class indices."""
-    graph, python = (next(iter(_task(shapes_seg, f"data.decode={mode}").build_dataset(
-        "train", training=True)[0])) for mode in ("graph", "python"))
+    model = SimpleNamespace(input_shape=(None, 64, 64, 3))  # what the transform reads
+    graph, python = (next(iter(training_dataset(_cfg(shapes_seg, f"data.decode={mode}"),
+                                                model)[0])) for mode in ("graph", "python"))
     for a, b in zip(graph, python):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -114,29 +124,34 @@ def test_graph_and_python_decoding_give_the_same_batches(shapes_seg):
 def test_evaluation_runs_at_each_images_own_resolution(shapes_seg):
     # The model takes 32 x 32; the images are 64 x 64: logits are resized back, so every
     # non-ignored pixel of the original label maps is counted once.
-    task = _task(shapes_seg, "model.input_size=[32,32]")
-    model = task.build_model()
+    cfg = _cfg(shapes_seg, "model.input_size=[32,32]")
+    source = source_for(cfg)
+    model = Model.from_keras(build_model(cfg), cfg, names=NAMES)
     expected = sum(int((read_label_png(r.mask_path) != 255).sum())
-                   for r in task.dataset("val").records)
-    single = task.evaluate(model, "val", scales=[1.0], flip=False)
+                   for r in source.records("val").records)
+    single = segmentation.evaluate(model, source, "val", scales=[1.0], flip=False).metrics
     assert np.asarray(single["confusion_matrix"]).sum() == expected
-    multi = task.evaluate(model, "val", scales=[0.5, 1.0, 1.75], flip=True)
+    multi = segmentation.evaluate(model, source, "val", scales=[0.5, 1.0, 1.75], flip=True).metrics
     assert np.asarray(multi["confusion_matrix"]).sum() == expected
     assert multi["scales"] == [0.5, 1.0, 1.75] and multi["flip"] is True
-    assert set(multi["per_class_IoU"]) == set(task.class_names) and multi["num_examples"] == 8
+    assert set(multi["per_class_IoU"]) == set(NAMES) and multi["num_examples"] == 8
     # Non-square images of other sizes come back at their own size too.
-    probs = task.predict_probs(model, [np.zeros((40, 72, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)],
-                               scales=[0.75, 1.25], flip=True)
-    assert [p.shape for p in probs] == [(40, 72, 6), (64, 64, 6)]
-    np.testing.assert_allclose(probs[0].sum(-1), 1.0, rtol=1e-5)
+    results = model.predict([np.zeros((40, 72, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)],
+                            scales=[0.75, 1.25], flip=True)
+    assert [r.probabilities.shape for r in results] == [(40, 72, 6), (64, 64, 6)]
+    assert [r.mask.shape for r in results] == [(40, 72), (64, 64)]
+    np.testing.assert_allclose(results[0].probabilities.sum(-1), 1.0, rtol=1e-5)
 
 
 def test_predict_writes_overlay_and_label_pngs(shapes_seg, tmp_path):
-    task = _task(shapes_seg)
-    model = task.build_model()
-    paths = [r.path for r in task.dataset("val").records[:2]]
-    results = task.predict(model, paths + [str(tmp_path / "missing.jpg")], tmp_path / "out")
-    assert "error" in results[2]
+    cfg = _cfg(shapes_seg)
+    model = Model.from_keras(build_model(cfg), cfg, names=NAMES)
+    paths = [r.path for r in source_for(cfg).records("val").records[:2]]
+    results = model.predict(paths + [str(tmp_path / "missing.jpg")], on_error="keep")
+    assert isinstance(results[2], mv.UnreadableImage) and "error" in results[2].to_json()
+    for r in results[:2]:
+        r.save(tmp_path / "out")
+    results = [r.to_json() for r in results]
     stems = [p.rsplit("/", 1)[-1][:-4] for p in paths]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         f"{s}_{kind}.png" for s in stems for kind in ("label", "overlay"))
@@ -147,12 +162,12 @@ def test_predict_writes_overlay_and_label_pngs(shapes_seg, tmp_path):
 
 
 def test_data_summary_counts_pixels_per_class(shapes_seg):
-    task = _task(shapes_seg)
-    s = task.data_summary("train")
-    labels = [read_label_png(r.mask_path) for r in task.dataset("train").records]
+    source = source_for(_cfg(shapes_seg))
+    s = source.summary("train")
+    labels = [read_label_png(r.mask_path) for r in source.records("train").records]
     assert s["images"] == 32 and not s["skipped_files"] and not s["skipped_examples"]
     assert sum(s["pixels_per_class"].values()) + s["ignored_pixels"] == 32 * 64 * 64
-    for i, name in enumerate(task.class_names):
+    for i, name in enumerate(NAMES):
         assert s["pixels_per_class"][name] == sum(int((lab == i).sum()) for lab in labels), name
     assert s["ignored_pixels"] == sum(int((lab == 255).sum()) for lab in labels) > 0
     assert s["images_without_objects"] == sum(not ((lab > 0) & (lab < 255)).any()
@@ -169,7 +184,7 @@ def test_config_errors_name_the_key(shapes_seg):
     with pytest.raises(ConfigError, match="unknown key 'eval.scale'; did you mean 'eval.scales'"):
         mv.load_config("shapes_deeplabv3.yaml", ["eval.scale=[1.0]"])
     with pytest.raises(ValueError, match="model.num_classes is 4 but .* has 6 classes"):
-        _task(shapes_seg, "model.num_classes=4", "train.class_weights=null").class_names
+        source_for(_cfg(shapes_seg, "model.num_classes=4", "train.class_weights=null")).class_names
 
 
 @pytest.mark.slow

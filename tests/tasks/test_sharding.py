@@ -15,7 +15,8 @@ import mobilevision as mv
 from mobilevision.data.decode import is_image_file
 from mobilevision.data.pipeline import shard
 from mobilevision.data.shapes import ensure_shapes
-from mobilevision.tasks import get_task
+from mobilevision.data.sources import source_for
+from mobilevision.tasks import build_model, training_dataset
 
 TINY = {"num_train": 16, "num_val": 4, "seed": 0}
 
@@ -30,14 +31,21 @@ def _one_epoch(ds) -> list:
     return [tf.nest.map_structure(lambda t: t.numpy(), batch) for batch in ds]
 
 
+def _pipelines(cfg):
+    """input_context -> (the training dataset of `cfg` for that pipeline (None: one device),
+    examples in the split); the model is built once (a detector's anchors shape its targets)."""
+    model = build_model(cfg)
+    source = source_for(cfg)
+    return lambda input_context=None: training_dataset(cfg, model, source, input_context)
+
+
 def _read_by_each_worker(task, folders, opened_files):
-    """-> ({"single": one device's batches of one epoch of the training split, "batches":
+    """task: `_pipelines(cfg)`. -> ({"single": one device's batches of one epoch of the training split, "batches":
     [pipeline i's], "opened": the image files one device opened, "shares": [pipeline i's]}).
     Every dataset is built first, so what is read only to set up (the COCO and VOC readers check
     every file's header when they parse a split) is not watched: only the epochs' reads are."""
-    single, _ = task.build_dataset("train", training=True)
-    shares = [task.build_dataset("train", training=True, input_context=_context(i))[0]
-              for i in (0, 1)]
+    single, _ = task()
+    shares = [task(_context(i))[0] for i in (0, 1)]
     result = {"batches": [], "shares": []}
     with opened_files(folders) as watch:
         for ds in shares:
@@ -76,7 +84,7 @@ def test_classifier_workers_read_disjoint_halves(shapes_folders, tiny_overrides,
                                                  opened_files):
     root = tmp_path / "data"  # a copy no other dataset of this process is reading ahead in
     shutil.copytree(shapes_folders, root)
-    task = get_task(mv.load_config("shapes_classifier.yaml", tiny_overrides(root)))
+    task = _pipelines(mv.load_config("shapes_classifier.yaml", tiny_overrides(root)))
     folders = sorted(p for p in (root / "train").iterdir() if p.is_dir())
     photos = [f for d in folders for f in d.iterdir() if is_image_file(f)]
     assert len(photos) == 40
@@ -86,7 +94,7 @@ def test_classifier_workers_read_disjoint_halves(shapes_folders, tiny_overrides,
 def test_detector_workers_read_disjoint_halves(tmp_path, opened_files):
     params = {**TINY, "image_size": 96, "texture_contrast": 0.3, "min_size_frac": 0.15}
     ensure_shapes(tmp_path, "detection", **params)
-    task = get_task(mv.load_config("shapes_ssdlite.yaml", [
+    task = _pipelines(mv.load_config("shapes_ssdlite.yaml", [
         f"data.root={tmp_path}", "model.input_size=[96,96]", "train.batch_size=4",
         *[f"data.shapes.{k}={v}" for k, v in params.items()]]))
     folder = tmp_path / "train" / "images"
@@ -98,7 +106,7 @@ def test_detector_workers_read_disjoint_halves(tmp_path, opened_files):
 def test_segmenter_workers_read_disjoint_halves(tmp_path, opened_files):
     params = {**TINY, "image_size": 64, "texture_contrast": 0.3}
     ensure_shapes(tmp_path, "segmentation", **params)
-    task = get_task(mv.load_config("shapes_deeplabv3.yaml", [
+    task = _pipelines(mv.load_config("shapes_deeplabv3.yaml", [
         f"data.root={tmp_path}", "model.input_size=[64,64]", "train.batch_size=8",
         *[f"data.shapes.{k}={v}" for k, v in params.items()]]))
     folders = [tmp_path / "JPEGImages", tmp_path / "SegmentationClass"]  # photos, label maps

@@ -15,7 +15,7 @@ import pytest
 import mobilevision as mv
 from mobilevision.cli import main
 from mobilevision.backbones.weights import load_checkpoint
-from mobilevision.tasks import get_task
+from mobilevision.tasks import TASKS, build_model
 from mobilevision.tasks.trainer import TrainingError, checkpoint_state, train
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -55,7 +55,8 @@ def test_run_directory_holds_config_checkpoints_metrics_logs_and_plots(trained_r
     assert best["monitor"] == "top1" and 0.0 <= best["best"] <= 1.0
     rows = _rows(out / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert {"loss", "top1", "top5", "val_loss", "val_top1", "val_top5", "lr"} <= set(rows[0])
+    assert {"loss", "top1", "top5", "val_cross_entropy", "val_top1", "val_top5",
+            "lr"} <= set(rows[0])
     assert any((out / "logs").rglob("events.out.tfevents.*"))
     for name in ("curves", "confusion_matrix", "samples"):   # and the same in TensorBoard
         png_size(out / "plots" / f"{name}.png")
@@ -128,7 +129,7 @@ def test_run_checkpoint_round_trips_exactly(trained_run, tmp_path):
     _, out, _ = trained_run
     best = find_checkpoint(out)
     assert best == out / "checkpoints" / "best.weights.h5"
-    model = get_task(mv.load_config(out / "config.yaml")).build_model()
+    model = build_model(mv.load_config(out / "config.yaml"))
     load_checkpoint(model, best)
     model.save_weights(tmp_path / "again.weights.h5")
     saved, again = _layer_arrays(best), _layer_arrays(tmp_path / "again.weights.h5")
@@ -177,15 +178,15 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     its first batch, and epoch 1's checkpoint stays, never overwritten with NaN weights."""
     import numpy as np
 
-    from mobilevision.tasks.classification import ClassificationTask
+    from mobilevision.tasks import trainer
 
-    class Diverge(keras.callbacks.Callback):
+    class Diverge(trainer.EvalCallback):  # the evaluation, and a weight turned NaN
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 1:
                 kernel = self.model.get_layer("predictions").kernel
                 kernel.assign(np.full(kernel.shape, np.nan, "float32"))
 
-    monkeypatch.setattr(ClassificationTask, "callbacks", lambda self, run: [Diverge()])
+    monkeypatch.setattr(trainer, "EvalCallback", Diverge)
     cfg = mv.load_config("shapes_classifier.yaml",
                          tiny_overrides(shapes_folders, **{"train.steps_per_epoch": 3}))
     last = tmp_path / "run" / "checkpoints" / "last.weights.h5"
@@ -195,8 +196,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         train(cfg, output=tmp_path / "run")
     assert checkpoint_state(last)["epoch"] == 1
     assert [int(r["epoch"]) for r in _rows(tmp_path / "run" / "metrics.csv")] == [1]
-    task = get_task(cfg)
-    model = task.build_model()
+    model = build_model(cfg)
     load_checkpoint(model, last)
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
@@ -243,9 +243,8 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_last_one_and_resume_fi
     assert [int(r["epoch"]) for r in _rows(out / "metrics.csv")] == [1, 2, 3]
     # Optimizer state came back too: the step counter covers all three epochs.
     cfg = mv.load_config(out / "config.yaml")
-    task = get_task(cfg)
-    model = task.build_model()
-    task.compile(model, steps)
+    model = build_model(cfg)
+    TASKS[cfg.task].compile(model, cfg, steps)
     model.optimizer.build(model.trainable_variables)
     load_checkpoint(model, last)  # as the resume did
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3 * steps
