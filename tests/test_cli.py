@@ -10,7 +10,7 @@ import pytest
 from mobilevision.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-# PAPER.md: keras.applications.MobileNetV2, 1000 classes, 224 px.
+# docs/paper.md: keras.applications.MobileNetV2, 1000 classes, 224 px.
 REFERENCE = {0.35: (1_691_208, 59.3e6), 1.0: (3_538_984, 300.8e6), 1.4: (6_156_712, 582.2e6)}
 
 
@@ -46,8 +46,8 @@ def test_profile_script_prints_a_readable_summary():
 
 
 def test_profile_coco_ssdlite_matches_paper_table_6(capsys):
-    # PAPER.md: MNet V2 + SSDLite, 320 x 320, 80 classes: 4.3M params, 0.8B MAdds; the reference
-    # build (81 outputs per anchor, 3 anchors on the first map and 6 on the others) 4,387,765.
+    # docs/paper.md: MNet V2 + SSDLite, 320 x 320, 80 classes: 4.3M params, 0.8B MAdds; the
+    # reference build (81 outputs per anchor, 3 anchors on the first map and 6 on the others) 4,387,765.
     assert main(["profile", "--config", "coco_ssdlite.yaml", "--json"]) == 0
     prof = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert prof["params"] == 4_387_765

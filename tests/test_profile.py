@@ -6,7 +6,7 @@ import keras
 
 from mobilevision.profile import format_profile, profile_model
 
-# PAPER.md: keras.applications.MobileNetV2, 1000 classes, 224 x 224.
+# docs/paper.md: keras.applications.MobileNetV2, 1000 classes, 224 x 224.
 REFERENCE = {
     0.35: (1_691_208, 59.3e6),
     0.5: (1_987_224, 97.1e6),

@@ -1,5 +1,5 @@
 """MobileNetV2 backbone: shapes and strides of every tap at every output stride, dilation rates,
-exact parameter counts (PAPER.md), and parity with keras.applications through weight files."""
+exact parameter counts (docs/paper.md), and parity with keras.applications through weight files."""
 
 import h5py
 import keras
@@ -12,7 +12,7 @@ from mobilevision.backbones.mobilenet_v2 import (DEFAULT_TAPS, block_plan, featu
                                                  make_divisible, mobilenet_v2)
 from mobilevision.backbones.weights import WeightsMismatchError
 
-# keras.applications.MobileNetV2, 1000 classes (PAPER.md reference table).
+# keras.applications.MobileNetV2, 1000 classes (docs/paper.md reference table).
 PAPER_PARAMS = {0.35: 1_691_208, 0.5: 1_987_224, 0.75: 2_663_064, 1.0: 3_538_984, 1.4: 6_156_712}
 
 
@@ -31,7 +31,7 @@ def test_every_tap_has_the_shape_its_stride_says(output_stride, size):
         assert stride == min(expected_strides[tap], output_stride), tap
         assert tuple(out[tap].shape) == (1, h // stride, w // stride, channels), tap
     # Width 0.35: block 12 outputs make_divisible(96 * 0.35) = 32 channels, expanded 6x to 192
-    # at block 13; the last 1280-channel conv is not reduced for alpha < 1 (PAPER.md).
+    # at block 13; the last 1280-channel conv is not reduced for alpha < 1 (docs/paper.md).
     assert specs["block_13_expand_relu"][0] == 192 and specs["out_relu"][0] == 1280
 
 
@@ -50,7 +50,7 @@ def _rates(model):
 
 
 def test_dilation_rates_at_output_stride_16_and_8():
-    # PAPER.md: OS 16 -> the 160/320 blocks (13-16) use rate 2; OS 8 -> blocks from the first
+    # docs/paper.md: OS 16 -> the 160/320 blocks (13-16) use rate 2; OS 8 -> blocks from the first
     # 64-channel block (6) use rate 2 and the 160/320 blocks rate 4. Never resizing: stride 1.
     os16 = _rates(mobilenet_v2((64, 64, 3), 0.35, output_stride=16, taps=("out_relu",)))
     for i in range(1, 13):
