@@ -9,6 +9,7 @@ before the first TensorFlow import.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -60,6 +61,22 @@ def check_sizes(parser, args, min_file_side: int) -> None:
 
 
 # Measurement ------------------------------------------------------------------------------------
+
+
+def time_calls(fn, runs: int, warmup: int) -> dict:
+    """Wall time of `fn()` (which must return only once its work is done): {"median_ms",
+    "p90_ms", "runs_ms"} over `runs` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t))
+    ordered = sorted(times)
+    return {"median_ms": statistics.median(times),
+            "p90_ms": ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)],
+            "runs_ms": times}
 
 
 def _step_timer(warmup: int):

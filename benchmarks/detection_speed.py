@@ -10,13 +10,14 @@ run, the input pipeline, and Keras inference latency.
 
 A benchmark, not a test. Every figure is measured in this run:
 
-1. Train step. Our detector (task.build_model + task.compile: the config's optimizer, schedule,
-   SSD loss with hard negative mining, weight decay; jit_compile=False as the trainer leaves it
-   on CPU) runs `model.fit` on an in-memory dataset that cycles over a few fixed batches of
-   random pixels with valid targets (a few random boxes per image encoded against the anchors by
-   `matcher.encode_targets`, so the loss has positives). Only the train step is timed, by a
-   callback, after warmup steps. With --compare-bf16 a float32 and a mixed_bfloat16 model run
-   alternately and the medians are compared.
+1. Train step. Our detector (`tasks.build_model` + the detection task's `compile`: the
+   config's optimizer, schedule, SSD loss with hard negative mining, weight decay;
+   jit_compile=False as the trainer leaves it on CPU) runs `model.fit` on an in-memory dataset
+   that cycles over a few fixed batches of random pixels with valid targets (a few random boxes
+   per image encoded against the model's anchors by `matcher.encode_targets`, so the loss has
+   positives). Only the train step is timed, by a callback, after warmup steps. With
+   --compare-bf16 a float32 and a mixed_bfloat16 model run alternately and the medians are
+   compared.
    The PyTorch peers (torch_peer.py, run under --peer-python or $MOBILEVISION_PEER_PYTHON in a
    subprocess, so torch is never imported here nor a dependency of the toolkit) train at the
    same batch and size, on as many threads as ours, alternating with ours: ours, peer a,
@@ -41,14 +42,16 @@ A benchmark, not a test. Every figure is measured in this run:
    fixed outputs) are timed, so train step = forward + loss + the rest (backward, optimizer
    update, BatchNorm statistics). MAdds from `profile_model` turn times into achieved GMAC/s.
 3. Input pipeline. N synthetic-shapes COCO images (JPEG) are written to a temp dir and our real
-   training dataset (task.build_dataset("train", training=True): decode, the config's SSD
-   augmentation, resize, target encoding, batch) is iterated with no model: its images/s over
-   the train step's is the headroom (> 1: input keeps up). Then the model fits on that pipeline
+   training dataset (`tasks.training_dataset` for the measured model: decode, the config's SSD
+   augmentation, resize, target encoding against the model's anchors, batch) is iterated with no
+   model: its images/s over the train step's is the headroom (> 1: input keeps up). Then the model fits on that pipeline
    once (end to end); end to end / train step near 1 means no starvation.
 4. Inference. Batch 1 latency in ms (median and p90 over --latency-runs calls after warmup) of
-   the raw model call (model(x, training=False) in a tf.function), model.predict_on_batch, and
-   predict_on_batch + task.postprocess (decode + per-class NMS), plus postprocess alone; then
-   images/s at the train batch size, raw and with postprocess.
+   the raw model call (model(x, training=False) in a tf.function), the model with its decoder
+   (`model.decode(model(x))`, box decoding + per-class NMS, in a tf.function: what every
+   exported file computes), model.predict_on_batch (which returns those decoded outputs through
+   Keras' predict path), plus the decoder alone; then images/s at the train batch size, raw and
+   with the decoder.
 
 Writes the figures as JSON (--json-out, default benchmarks/results/detection_speed.json,
 atomically) and prints a table.
@@ -68,7 +71,6 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, or imported
@@ -77,7 +79,8 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, 
 from common import (  # noqa: E402
     BenchmarkError, alternating_fit, apply_defaults, check_counts, check_sizes, config_name,
     cpu_sample, device_description, fmt_runs, make_log, others_share, pipeline_runs,
-    run_benchmark, table_lines, table_width, time_fit, utc_timestamp, versions)
+    run_benchmark, table_lines, table_width, time_calls, time_fit, utc_timestamp, versions)
+from step_profile import format_layer_profile, layer_profile, plain_keras_ssdlite  # noqa: E402
 
 # The PyTorch peers, measured in this run by torch_peer.py under --peer-python (a subprocess:
 # torch is never imported here). Targets are ours / peer images/s (issue 13), judged only at the
@@ -184,22 +187,6 @@ def parse_args(argv=None):
 
 
 # Measurement ------------------------------------------------------------------------------------
-
-def time_calls(fn, runs: int, warmup: int) -> dict:
-    """Wall time of `fn()` (which must return only once its work is done): {"median_ms",
-    "p90_ms", "runs_ms"} over `runs` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - t))
-    ordered = sorted(times)
-    return {"median_ms": statistics.median(times),
-            "p90_ms": ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)],
-            "runs_ms": times}
-
 
 def random_targets(rng, anchors, num_classes: int, max_boxes: int = 4):
     """Targets for one image from 1..max_boxes random valid boxes (side 10-60% of the image,
@@ -349,10 +336,18 @@ def peer_threads(args) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def start_peer(args, cfg, task, targets, folder: Path, names: list[str]) -> TorchPeer:
+def anchors_per_location(cfg, model) -> list[int]:
+    """Anchors per cell of each map the detector `model` (of `cfg`) predicts on: [3, 6, 6, ...]."""
+    from mobilevision.tasks.detection import anchor_generator
+
+    return anchor_generator(cfg).num_anchors_per_location(len(model.decoder.map_sizes))
+
+
+def start_peer(args, cfg, per_location, targets, folder: Path, names: list[str]) -> TorchPeer:
     """Write our encoded `targets` (box (n, A, 4), class (n, A)) into `folder` as raw arrays for
     peer b, start torch_peer.py for the peers `names` at our batch, size, classes, width, anchors
-    per location, loss and optimizer, and wait until it has built them."""
+    per location (`per_location`, as `anchors_per_location` gives them), loss and optimizer, and
+    wait until it has built them."""
     box_t, cls_t = targets
     (folder / "boxes.bin").write_bytes(box_t.astype("<f4").tobytes())
     (folder / "classes.bin").write_bytes(cls_t.astype("<i4").tobytes())
@@ -362,7 +357,7 @@ def start_peer(args, cfg, task, targets, folder: Path, names: list[str]) -> Torc
     peer = TorchPeer(args.peer_python, [
         "--peers", ",".join(names), "--batch-size", str(args.batch_size), "--size", str(args.size),
         "--num-classes", str(cfg.model.num_classes), "--alpha", str(cfg.model.backbone.alpha),
-        "--anchors-per-location", ",".join(str(n) for n in task.num_anchors()),
+        "--anchors-per-location", ",".join(str(n) for n in per_location),
         "--loss", cfg.model.head.loss, "--neg-pos-ratio", str(cfg.model.head.neg_pos_ratio),
         "--optimizer", json.dumps(optimizer), "--targets", str(folder),
         "--distinct", str(DISTINCT_BATCHES), "--threads", str(peer_threads(args)),
@@ -456,7 +451,7 @@ def format_table(r: dict) -> str:
                  else "< 0.9: TRAINING WAITS FOR INPUT (or a busy machine)"))
     rows.append((f"inference, batch {s['batch_size']}: model call", inf["batch"]["raw"]["images_per_sec"],
                  ".1f", f"{inf['batch']['raw']['median_ms']:.1f} ms per batch"))
-    rows.append((f"inference, batch {s['batch_size']}: + postprocess",
+    rows.append((f"inference, batch {s['batch_size']}: + decoder",
                  inf["batch"]["with_postprocess"]["images_per_sec"], ".1f",
                  f"{inf['batch']['with_postprocess']['median_ms']:.1f} ms per batch"))
     width = table_width(rows)
@@ -480,9 +475,10 @@ def format_table(r: dict) -> str:
     one = inf["batch1"]
     lines += ["", f"  inference latency, batch 1 ({s['precisions'][0]}){'':{max(0, width - 34 - len(s['precisions'][0]))}s}"
                   f"{'median ms':>10s} {'p90 ms':>8s}"]
-    for key, label in (("raw", "model call (tf.function)"), ("predict_on_batch", "model.predict_on_batch"),
-                       ("with_postprocess", "predict_on_batch + postprocess"),
-                       ("postprocess", "postprocess alone (decode + NMS)")):
+    for key, label in (("raw", "model call (tf.function)"),
+                       ("with_postprocess", "model call + decoder (tf.function)"),
+                       ("predict_on_batch", "model.predict_on_batch (decoded)"),
+                       ("postprocess", "decoder alone (decode + NMS)")):
         lines.append(f"    {label:{width - 2}s}{one[key]['median_ms']:9.1f}  {one[key]['p90_ms']:8.1f}")
 
     lines += ["", f"  what limits it (batch {s['batch_size']}, {s['precisions'][0]}, ms per image):"]
@@ -501,8 +497,6 @@ def format_table(r: dict) -> str:
         lines += ["", f"  plain Keras build of the same network: {pk['images_per_sec']:.2f} images/s "
                       f"(runs {fmt_runs(pk['runs'])}); ours / plain {pk['ours_over_plain']:.2f}x"]
     if r.get("layers"):
-        from step_profile import format_layer_profile
-
         lines += ["", *format_layer_profile(f"  our train step, batch {s['batch_size']}", r["layers"])]
     if s["quick"]:
         lines.append("  (--quick is a smoke test: too few steps, and not the targets' setup, for "
@@ -609,7 +603,8 @@ def run(args) -> dict:
     import mobilevision as mv
     from mobilevision.data import shapes
     from mobilevision.profile import profile_model
-    from mobilevision.tasks import get_task
+    from mobilevision.tasks import TASKS, build_model, training_dataset
+    from mobilevision.tasks.detection import anchor_generator
     from mobilevision.tasks.trainer import set_precision
     from mobilevision.utils import set_seed
 
@@ -625,24 +620,23 @@ def run(args) -> dict:
 
     # 1. Train step on random in-memory batches with valid targets.
     log(f"building the detector ({', '.join(args.precisions)}) ...")
-    task = get_task(cfg)
-    anchors = task.anchors()
+    detection = TASKS["detection"]
     steps_per_epoch = 1000  # only shapes the learning-rate schedule; any value times the same
     models = {}
     for prec in args.precisions:
         set_precision(cfgs[prec])  # the policy applies to layers created from here on
-        model = get_task(cfgs[prec]).build_model()
-        task.compile(model, steps_per_epoch)
+        model = build_model(cfgs[prec])
+        detection.compile(model, cfgs[prec], steps_per_epoch)
         model.jit_compile = False  # as fit resolves "auto" on CPU; stated, not left implicit
         models[prec] = model
     set_precision(cfg)
     model = models[primary]
+    anchors = model.decoder.anchors
+    per_location = anchors_per_location(cfg, model)
     stats = profile_model(model)
     memory_ds, (x_b, y_b), positives, targets = random_batches(anchors, b, s, k, cfg.seed)
     if args.plain_keras:
-        from step_profile import plain_keras_ssdlite
-
-        models[PLAIN] = plain_keras_ssdlite(s, alpha, k, task.anchor_generator,
+        models[PLAIN] = plain_keras_ssdlite(s, alpha, k, anchor_generator(cfg),
                                             cfg.train.optimizer.learning_rate)[0]
 
     # Precisions and the PyTorch peers alternate: ours, peer a, peer b, ours, ...; each model's
@@ -657,7 +651,7 @@ def run(args) -> dict:
         peer = None
         if names:
             log(f"starting the PyTorch peers ({', '.join(names)}) under {args.peer_python} ...")
-            peer = start_peer(args, cfg, task, targets, Path(peer_dir), names)
+            peer = start_peer(args, cfg, per_location, targets, Path(peer_dir), names)
         try:
             others = {}
             if peer is not None:
@@ -689,35 +683,38 @@ def run(args) -> dict:
         del models[prec]
     layers = None
     if args.layers:
-        from step_profile import layer_profile
-
         log("each layer's forward and backward alone ...")
         layers = layer_profile(model, x_b, 1000 * b / med[primary], runs=3 if args.quick else 5)
 
-    # 2. Forward alone and loss alone, same batch, for the breakdown; inference.
+    # 2. Forward alone and loss alone, same batch, for the breakdown; inference. The decoded
+    # outputs are fetched as numpy, as predict_on_batch returns them.
     log("forward, loss and inference timings ...")
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    decode = tf.function(model.decode, reduce_retracing=True)
+    decoded = tf.function(lambda x: model.decode(model(x, training=False)),
+                          reduce_retracing=True)
+
+    def numpy(fn, *inputs):
+        return lambda: {key: v.numpy() for key, v in fn(*inputs).items()}
+
     x1 = tf.constant(x_b[:1])
     xb = tf.constant(x_b)
     latency_warmup = 2 if args.quick else 3
     peak = matmul_gmacs()
     raw_b = time_calls(lambda: forward(xb), args.latency_runs, latency_warmup)
-    outputs_b = {key: tf.constant(v) for key, v in model.predict_on_batch(xb).items()}
+    outputs_b = {key: tf.constant(v) for key, v in numpy(forward, xb)().items()}
     y_const = {key: tf.constant(v) for key, v in y_b.items()}
     loss_fn = tf.function(lambda y, p: model.ssd_loss(y, p))
     loss_b = time_calls(lambda: loss_fn(y_const, outputs_b), args.latency_runs, latency_warmup)
-    post_b = time_calls(lambda: task.postprocess(model.predict_on_batch(xb)), args.latency_runs,
-                        latency_warmup)
+    post_b = time_calls(numpy(decoded, xb), args.latency_runs, latency_warmup)
+    outputs_1 = {key: tf.constant(v) for key, v in numpy(forward, x1)().items()}
     batch1 = {
         "raw": time_calls(lambda: forward(x1), args.latency_runs, latency_warmup),
+        "with_postprocess": time_calls(numpy(decoded, x1), args.latency_runs, latency_warmup),
         "predict_on_batch": time_calls(lambda: model.predict_on_batch(x1), args.latency_runs,
                                        latency_warmup),
-        "with_postprocess": time_calls(lambda: task.postprocess(model.predict_on_batch(x1)),
-                                       args.latency_runs, latency_warmup),
+        "postprocess": time_calls(numpy(decode, outputs_1), args.latency_runs, latency_warmup),
     }
-    outputs_1 = model.predict_on_batch(x1)
-    batch1["postprocess"] = time_calls(lambda: task.postprocess(outputs_1), args.latency_runs,
-                                       latency_warmup)
 
     # 3. The real input pipeline over shapes COCO images, alone and feeding the model.
     with tempfile.TemporaryDirectory(prefix="mv_detection_speed_") as tmp:
@@ -734,7 +731,8 @@ def run(args) -> dict:
             "data.train_split=train", 'data.coco.images="{split}/images"',
             'data.coco.annotations="annotations/instances_{split}.json"',
             f"model.num_classes={len(summary['classes'])}"])
-        pipeline_ds, n = get_task(pcfg).build_dataset("train", training=True)
+        # The measured model's anchors and input size: the targets fit it by construction.
+        pipeline_ds, n = training_dataset(pcfg, model)
         pipeline_ds = pipeline_ds.repeat()
         batches = max(args.steps, math.ceil(2 * n / b))  # at least two passes over the files
         pipe_runs, pipe_batches = pipeline_runs(pipeline_ds, batches, max(args.warmup, 1),
@@ -757,7 +755,7 @@ def run(args) -> dict:
     headroom, e2e_ratio = pipe / med[primary], e2e / med[primary]
     trainable = int(sum(math.prod(w.shape) for w in model.trainable_weights))
     ours = {"params": trainable, "madds": madds, "num_anchors": int(len(anchors)),
-            "num_classes": k + 1, "anchors_per_location": task.num_anchors(),
+            "num_classes": k + 1, "anchors_per_location": per_location,
             "gmadds_per_sec": madds * med[primary] / 1e9}
     peers = peer_results(args, cfg, primary, med, runs, peer_losses, peer_info, skipped, ours)
 

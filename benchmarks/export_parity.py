@@ -29,6 +29,13 @@ from common import utc_timestamp, write_json  # noqa: E402
 BARS = {"saved_model": 0.5, "tflite": 0.5, "tflite_fp16": 1.0, "tflite_int8": 3.0, "onnx": 0.5}
 
 
+def file_bytes(path: Path) -> int:
+    """A file's size, or a folder's (a SavedModel): its files' sizes summed."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a training run folder (config.yaml + checkpoints/)")
@@ -38,46 +45,45 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
 
-    from mobilevision.backbones.weights import load_checkpoint
+    import mobilevision as mv
     from mobilevision.config import load_config
-    from mobilevision.export import export_model, parse_formats
-    from mobilevision.export.runtime import load_exported
-    from mobilevision.tasks import get_task
-    from mobilevision.tasks.trainer import find_checkpoint
+    from mobilevision.export import parse_formats
+    from mobilevision.tasks import TASKS
+    from mobilevision.runs import find_checkpoint
 
     run = Path(args.run)
     overrides = list(args.overrides)
-    cfg = load_config(str(run / "config.yaml"), overrides)
-    if cfg.task == "segmentation":
-        cfg = load_config(str(run / "config.yaml"), overrides + ["eval.scales=[1.0]"])
-    weights = find_checkpoint(run)
-    if weights is None:
+    if load_config(str(run / "config.yaml"), overrides).task == "segmentation":
+        overrides.append("eval.scales=[1.0]")  # the exported files have one input size
+    if find_checkpoint(run) is None:
         p.error(f"{run}: no checkpoint in checkpoints/")
-    task = get_task(cfg)
-    task.prepare_data()
-    model = task.build_model()
-    task.compile(model, steps_per_epoch=1)
-    load_checkpoint(model, weights)
+    # The Keras model and every file are scored with the same config (the run's, with the
+    # overrides): the same data and evaluation settings.
+    model = mv.load(run, overrides=overrides)
+    cfg, weights = model.config, Path(model.path)
     formats = parse_formats(args.formats)
     int8 = "tflite_int8" in formats
-    records = export_model(task, model, formats, run / "export",
-                           calibration_images=args.calibration_images if int8 else None)
-    key = task.monitor
+    start = time.perf_counter()
+    files = model.export(formats, run / "export",
+                         calibration_images=args.calibration_images if int8 else None)
+    export_seconds = round(time.perf_counter() - start, 1)
+    key = TASKS[cfg.task].monitor
     split = cfg.data.val_split
     start = time.perf_counter()
-    keras_value = float(task.evaluate(model, split)[key])
+    keras_value = float(model.evaluate(split)[key])
     rows = [{"format": "keras", "file": str(weights), "bytes": weights.stat().st_size,
              key: keras_value, "eval_seconds": round(time.perf_counter() - start, 1)}]
-    for r in records:
+    for fmt, path in files.items():
         start = time.perf_counter()
-        value = float(task.evaluate(load_exported(r["path"], task), split)[key])
+        exported = mv.load(path, config=str(run / "config.yaml"), overrides=overrides)
+        value = float(exported.evaluate(split)[key])
         delta = 100 * (value - keras_value)
-        rows.append({"format": r["format"], "file": r["path"], "bytes": r["bytes"], key: value,
-                     "delta_points": round(delta, 3), "bar_points": BARS[r["format"]],
-                     "met": abs(delta) <= BARS[r["format"]],
-                     "export_seconds": r["seconds"],
+        rows.append({"format": fmt, "file": str(path), "bytes": file_bytes(Path(path)),
+                     key: value, "delta_points": round(delta, 3), "bar_points": BARS[fmt],
+                     "met": abs(delta) <= BARS[fmt],
                      "eval_seconds": round(time.perf_counter() - start, 1)})
-    print(f"\n{cfg.name}: {key} on split {split!r} ({len(rows) - 1} exported files)")
+    print(f"\n{cfg.name}: {key} on split {split!r} ({len(rows) - 1} exported files, written in "
+          f"{export_seconds:.0f} s)")
     print(f"{'format':12s} {'MiB':>7s} {key:>8s} {'delta pts':>10s} {'bar':>5s}  verdict")
     for row in rows:
         verdict = "" if row["format"] == "keras" else ("met" if row["met"] else "NOT met")
@@ -87,7 +93,7 @@ def main(argv=None) -> int:
               f"{bar:>5s}  {verdict}")
     out = args.json_out or str(Path(__file__).parent / "results" / f"export_parity_{cfg.name}.json")
     write_json(out, {"timestamp": utc_timestamp(), "run": str(run), "metric": key,
-                     "split": split, "rows": rows})
+                     "split": split, "export_seconds": export_seconds, "rows": rows})
     return 0 if all(r.get("met", True) for r in rows) else 1
 
 

@@ -18,8 +18,10 @@ Then four pipelines over the same files, with the config's input size and --batc
 iterated with no model (`common.time_pipeline`: images/s after warmup batches), alternating
 baseline, checked decode, ours, python, baseline, ... (--repeats; medians reported):
 
-- ours: `task.build_dataset(split, training=True)`, the real training pipeline with every check and
-  the config's augmentation, decoding in the graph (`data.decode=graph`, the default);
+- ours: `tasks.training_dataset(cfg, model)`, the real training pipeline with every check and
+  the config's augmentation (and, for a detector, target encoding against the anchors of the
+  config's model, built once per task for that), decoding in the graph (`data.decode=graph`, the
+  default);
 - python: the same with `data.decode=python`, each image through Pillow in `tf.numpy_function`
   (the pipeline before issue 14), for the before/after;
 - baseline: plain tf.data with no checks: shuffle, `tf.io.read_file`, `tf.io.decode_jpeg` (TF's
@@ -201,7 +203,7 @@ def verification_cost(kind: str, paths) -> dict:
 
 def run_task(task: str, args, tmp: Path, log) -> dict:
     import mobilevision as mv
-    from mobilevision.tasks import get_task
+    from mobilevision.tasks import build_model, training_dataset
 
     config, size, what = TASKS[task]
     root = tmp / task
@@ -214,13 +216,17 @@ def run_task(task: str, args, tmp: Path, log) -> dict:
 
     common = [*overrides, "data.synthetic=null", f"data.root={root}", "data.train_split=train",
               f"train.batch_size={args.batch_size}", *args.overrides]
-    datasets, cfg = {}, None
+    datasets, cfg, model = {}, None, None
     for mode in ("ours", "python"):
         decode = "graph" if mode == "ours" else "python"
         cfg = mv.load_config(config, [*common, f"data.decode={decode}"])
+        if model is None:  # what the pipeline follows: its input size (a detector: its anchors)
+            log(f"{task}: building the model the pipeline feeds ...")
+            model = build_model(cfg)
         log(f"{task}: building the training pipeline, data.decode={decode} ...")
-        ds, n = get_task(cfg).build_dataset("train", training=True)
+        ds, n = training_dataset(cfg, model)
         datasets[mode] = ds.repeat()
+    del model
     input_size = tuple(cfg.model.input_size)
     datasets["baseline"] = baseline_dataset(paths, input_size, args.batch_size, cfg.seed)
     datasets["checked_decode"] = baseline_dataset(paths, input_size, args.batch_size, cfg.seed,

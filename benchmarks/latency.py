@@ -29,8 +29,10 @@ A benchmark, not a test: every figure is measured in this one process, the refer
    runs; MAdds per second = MAdds / median latency.
 4. Keras latency, batch 1. The app-like call: `model(x, training=False)` in a tf.function (traced
    once), outputs fetched as numpy; `model.predict_on_batch` too, which adds Keras's per-call
-   overhead. TensorFlow runs on --keras-threads intra- and inter-op threads (set before it starts,
-   so one count per process). The detector's Keras figure is its network only.
+   overhead and, for our models, the decoder (`predict` returns decoded outputs: the
+   segmenter's softmax, the detector's box decoding and NMS). TensorFlow runs on --keras-threads
+   intra- and inter-op threads (set before it starts, so one count per process). The detector's
+   call figure is its network only.
 
 Targets: our SSDLite-320 float32 reaches at least 0.8x the reference's float32 MAdds per second
 (judged on the shipped file, whose latency includes the post-process op that MAdds do not count,
@@ -54,7 +56,6 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, or imported
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -173,11 +174,10 @@ def random_images(rng, count: int, size):
     return rng.integers(0, 256, (count, *size, 3)).astype(np.float32)
 
 
-def convert_plain(model, size, calibration, converter_task) -> dict[str, bytes]:
+def convert_plain(model, size, calibration) -> dict[str, bytes]:
     """`model` (image -> raw outputs, no post-processing) as TFLite float32 and int8, through the
     export path's SavedModel writer and converter settings (`export.tflite.convert_saved_model`:
-    builtin ops only, full-integer int8 with uint8 input, the weight check). `converter_task`
-    only lends its `.name` (which custom ops are allowed)."""
+    builtin ops only and no custom op, full-integer int8 with uint8 input, the weight check)."""
     import tensorflow as tf
 
     from mobilevision.export.saved_model import write_saved_model
@@ -191,7 +191,7 @@ def convert_plain(model, size, calibration, converter_task) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory(prefix="mv_latency_") as tmp:
         path = write_saved_model(Path(tmp) / "saved_model", model, {
             "serving_default": (serve, [tf.TensorSpec([1, h, w, 3], tf.float32, name="image")])})
-        return {q: convert_saved_model(converter_task, model, path, q, calibration=calibration,
+        return {q: convert_saved_model(model, path, q, calibration=calibration,
                                        input_type="uint8") for q in QUANTIZATIONS}
 
 
@@ -374,7 +374,8 @@ def format_table(r: dict) -> str:
                      f"{k['call']['median_ms']:10.1f}{k['call']['gmadds_per_sec']:10.1f}"
                      f"{k['predict_on_batch']['median_ms']:21.1f}")
     lines.append("    (call: model(x, training=False) in a tf.function, outputs to numpy; "
-                 "predict_on_batch adds Keras's per-call overhead)")
+                 "predict_on_batch adds Keras's per-call overhead and our models' decoder: "
+                 "the detector's NMS)")
 
     lines += ["", "  targets (each thread count on its own)"]
     mr = targets["madds_ratio"]
@@ -416,7 +417,7 @@ def run(args) -> dict:
     from mobilevision.config import load_config
     from mobilevision.export.tflite import convert_tflite_many, op_names
     from mobilevision.profile import profile_model
-    from mobilevision.tasks import get_task
+    from mobilevision.tasks import build_model
 
     log = make_log(args.json_out)
     busy_start = cpu_busy()
@@ -448,8 +449,7 @@ def run(args) -> dict:
     t = time.perf_counter()
     # Calibrated on raw pixels like ours (its own preprocessing would map them to -1..1): the
     # uint8 input's one QUANTIZE op costs the same either way.
-    data = convert_plain(ref, ref_size, random_images(rng, args.calibration_images, ref_size),
-                         SimpleNamespace(name="reference"))
+    data = convert_plain(ref, ref_size, random_images(rng, args.calibration_images, ref_size))
     add("reference", f"reference: keras.applications.MobileNetV2 {REFERENCE_SIZE}, alpha 1.0, "
         f"1000 classes", "reference", "TFLite", profile_model(ref), data,
         time.perf_counter() - t, keras_row="reference")
@@ -459,8 +459,7 @@ def run(args) -> dict:
         config = TASK_CONFIGS[name]
         log(f"building {config} and converting it ...")
         cfg = load_config(config, WEIGHTS_FREE)
-        task = get_task(cfg)
-        model = task.build_model()
+        model = build_model(cfg)
         if name == "detection" and args.candidate_fraction > 0:
             trained_like_class_bias(model, cfg.model.num_classes, args.candidate_fraction)
         size = tuple(cfg.model.input_size)
@@ -468,7 +467,7 @@ def run(args) -> dict:
         calibration = random_images(rng, args.calibration_images, size)
         alpha = cfg.model.backbone.alpha
         t = time.perf_counter()
-        data = convert_tflite_many(task, model, QUANTIZATIONS, nms=args.nms,
+        data = convert_tflite_many(model, QUANTIZATIONS, nms=args.nms,
                                    calibration=calibration, input_type="uint8")
         conv_s = time.perf_counter() - t
         title = (f"{name}: {config}, {size[0]}x{size[1]}, alpha {alpha}, "
@@ -478,17 +477,18 @@ def run(args) -> dict:
         else:
             add(name, title + " (MAdds: the network's only)", "detection",
                 f"TFLite + post-process ({args.nms} NMS)", stats, data, conv_s,
-                keras_row="detection (network only, no NMS)")
+                keras_row="detection (call: network only, no NMS)")
             log("converting the detector's network alone (no post-process op) ...")
             t = time.perf_counter()
-            net = convert_plain(model, size, calibration, task)
+            net = convert_plain(model, size, calibration)
             add("detection_network", "detection, the network alone (raw box codes and class "
                 "logits; the same model)", "detection network", "TFLite, network only", stats,
                 net, time.perf_counter() - t)
             # What the NMS works on: (anchor, class) scores above the op's threshold.
             x = tf.constant(random_images(np.random.default_rng(1), 1, size))
             logits = model(x, training=False)["classes"]
-            scores = task.class_probabilities(logits)[..., 1:].numpy()  # as the file's op gets them
+            # As the file's op gets them: the decoder's class probabilities.
+            scores = np.asarray(model.decoder.class_probabilities(logits))[..., 1:]
             above = int((scores >= cfg.model.head.score_threshold).sum())
             models["detection"]["nms_candidates"] = {
                 "above_threshold": above, "scores": int(scores.size),

@@ -21,6 +21,13 @@ the one op-level table it gave.)
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, or imported
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import time_calls  # noqa: E402
 
 
 def _leaves(model, value):
@@ -62,8 +69,6 @@ def layer_profile(model, images, step_ms: float, runs: int = 5) -> dict:
     backward), "layers_ms": sum of train_ms, "step_ms", "beyond_layers_ms": step - layers,
     "beyond_share": that over the step}, times per batch."""
     import tensorflow as tf
-
-    from detection_speed import time_calls  # imported here: detection_speed imports this module
 
     rows = {}
     for layer, x in _leaves(model, images):
@@ -116,7 +121,7 @@ def use_keras_batchnorm(model) -> int:
     """Make every mobilevision BatchNormalization of `model` train through Keras' own
     (unfused) code, as `keras.layers.BatchNormalization` does; returns how many were switched.
     For measuring what the fused kernel gives; the weights are untouched."""
-    from mobilevision.batchnorm import BatchNormalization
+    from mobilevision.workarounds import BatchNormalization
 
     count = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):

@@ -8,17 +8,17 @@
 A benchmark, not a test: every figure is measured in this one process and the verdicts are
 ratios, so a slow or busy machine slows both sides alike.
 
-1. Train step. Our model (task.build_model + task.compile) and keras.applications.MobileNetV2
-   (weights=None, same alpha, input shape and classes, compiled by the same task.compile: same
-   RMSprop/schedule, loss and metrics; jit_compile=False for both) each run `model.fit` on the
-   same in-memory dataset of random pixel batches, so only the train step is timed. Runs
-   alternate ours, keras, ours, keras ... and the median of each is reported. Target: ours /
-   keras >= 0.95. Ours does a little more per step by design: the Rescaling layer that lets it
+1. Train step. Our model (`tasks.build_model` + the classification task's `compile`) and
+   keras.applications.MobileNetV2 (weights=None, same alpha, input shape and classes, compiled
+   by the same `compile`: same RMSprop/schedule, loss and metrics; jit_compile=False for both)
+   each run `model.fit` on the same in-memory dataset of random pixel batches, so only the
+   train step is timed. Runs alternate ours, keras, ours, keras ... and the median of each is
+   reported. Target: ours / keras >= 0.95. Ours does a little more per step by design: the Rescaling layer that lets it
    take raw 0..255 pixels, and the config's dropout and L2 weight decay.
 2. Input pipeline alone. N class-folder JPEG files (the synthetic shapes) at the benchmark
    resolution are decoded, augmented and batched by our real training dataset
-   (task.build_dataset("train", training=True)), with no model. Its images/s next to the train
-   step's gives the pipeline headroom (should be well above 1).
+   (`tasks.training_dataset`, at our model's input size), with no model. Its images/s next to
+   the train step's gives the pipeline headroom (should be well above 1).
 3. End to end. Our model fits on that real pipeline (one run); end-to-end / train-step images/s
    near 1 means the pipeline does not starve training.
 
@@ -184,7 +184,7 @@ def run(args) -> dict:
     import keras
 
     import mobilevision as mv
-    from mobilevision.tasks import get_task
+    from mobilevision.tasks import TASKS, build_model, training_dataset
     from mobilevision.tasks.trainer import set_precision
     from mobilevision.utils import set_seed
 
@@ -199,10 +199,10 @@ def run(args) -> dict:
 
     # 1. Train step on random in-memory batches: ours and keras.applications, same compile.
     log("building both models ...")
-    task = get_task(cfg)
+    compile_model = TASKS["classification"].compile
     steps_per_epoch = 1000  # only shapes the learning-rate schedule; any value times the same
-    ours = task.build_model()
-    task.compile(ours, steps_per_epoch)
+    ours = build_model(cfg)
+    compile_model(ours, cfg, steps_per_epoch)
     theirs = keras.applications.MobileNetV2(input_shape=(s, s, 3), alpha=alpha, include_top=True,
                                             weights=None, classes=k)
     if args.precision != "float32":
@@ -210,7 +210,7 @@ def run(args) -> dict:
         # refuses bfloat16); ours does this in its `predictions` layer.
         probs = keras.layers.Activation("linear", dtype="float32", name="predictions_float32")(theirs.output)
         theirs = keras.Model(theirs.input, probs, name=theirs.name)
-    task.compile(theirs, steps_per_epoch)
+    compile_model(theirs, cfg, steps_per_epoch)
     for model in (ours, theirs):
         model.jit_compile = False
     memory_ds = random_batches(b, s, k, cfg.seed)
@@ -231,7 +231,7 @@ def run(args) -> dict:
         pcfg = mv.load_config(args.config, [
             *overrides, "data.format=folder", "data.synthetic=null", f"data.root={root}",
             "data.train_split=train", f"model.num_classes={len(data['classes'])}"])
-        pipeline_ds, n = get_task(pcfg).build_dataset("train", training=True)
+        pipeline_ds, n = training_dataset(pcfg, ours)
         pipeline_ds = pipeline_ds.repeat()
         # At least two passes over the files, as many batches as a train-step run, and 2 s.
         batches = max(args.steps, math.ceil(2 * n / b))

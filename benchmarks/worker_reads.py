@@ -64,13 +64,12 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def training_files(task) -> list[str]:
-    """The training split's image files, as the task lists them."""
-    split = task.cfg.data.train_split
-    if task.name == "classification":
-        return list(task._listing(split)[0])
-    records = task.coco(split).records if task.name == "detection" else task.dataset(split).records
-    return [r.path for r in records]
+def training_files(cfg) -> list[str]:
+    """The training split's image files, as the config's data source lists them."""
+    from mobilevision.data.sources import source_for
+
+    source, split = source_for(cfg), cfg.data.train_split
+    return [str(source.path(split, i)) for i in range(source.size(split))]
 
 
 def count_opens(trace: Path, files: set[str]) -> dict:
@@ -102,7 +101,7 @@ def count_opens(trace: Path, files: set[str]) -> dict:
 
 def run(args) -> dict:
     import mobilevision as mv
-    from mobilevision.tasks import get_task
+    from mobilevision.data.shapes import prepare_data
 
     if shutil.which("strace") is None:
         raise SystemExit("worker_reads.py: needs strace (apt-get install strace); the tests count "
@@ -118,9 +117,8 @@ def run(args) -> dict:
                   "train.eval_every": 1000, "train.verbose": 2}
         overrides = [f"{k}={v}" for k, v in shapes.items()] + list(args.overrides)
         cfg = mv.load_config(args.config, overrides)
-        task = get_task(cfg)
-        task.prepare_data()  # written once here, not by both workers at once
-        files = [os.path.normpath(f) for f in training_files(task)]
+        prepare_data(cfg)  # written once here, not by both workers at once
+        files = [os.path.normpath(f) for f in training_files(cfg)]
         n = len(files)
         cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
         procs = {}

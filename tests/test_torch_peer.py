@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import mobilevision as mv
-from mobilevision.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = os.environ.get("MOBILEVISION_PEER_PYTHON")
@@ -42,16 +41,17 @@ def test_peer_b_is_our_network_and_trains_on_our_targets(tmp_path):
 
     bench = _benchmark()
     cfg = _config()
-    task = get_task(cfg)
-    model = task.build_model()
-    anchors = task.anchors()
+    model = mv.build_model(cfg)
+    anchors = model.decoder.anchors
+    per_location = bench.anchors_per_location(cfg, model)
+    assert per_location == [3, 6, 6, 6, 6, 6]
     _, _, _, targets = bench.random_batches(anchors, 2, 128, cfg.model.num_classes, seed=0)
     args = SimpleNamespace(peer_python=PEER_PYTHON, batch_size=2, size=128, threads=1)
-    peer = bench.start_peer(args, cfg, task, targets, tmp_path, ["b"])
+    peer = bench.start_peer(args, cfg, per_location, targets, tmp_path, ["b"])
     try:
         b = peer.ready()["peers"]["b"]
         assert b["num_anchors"] == len(anchors) == 330  # 8x8x3 + 4x4x6 + 2x2x6 + 3 x 1x1x6
-        assert b["anchors_per_location"] == task.num_anchors()
+        assert b["anchors_per_location"] == per_location
         assert b["num_classes"] == cfg.model.num_classes + 1
         assert b["params"] == sum(math.prod(w.shape) for w in model.trainable_weights)
         assert b["madds"] == profile_model(model)["madds"]
@@ -67,8 +67,8 @@ def test_peer_b_is_our_network_and_trains_on_our_targets(tmp_path):
 def test_a_python_without_torch_is_a_clear_error(tmp_path):
     bench = _benchmark()
     cfg = _config()
-    task = SimpleNamespace(num_anchors=lambda: [3, 6, 6, 6, 6, 6])  # no model needed to fail
+    per_location = [3, 6, 6, 6, 6, 6]  # no model needed to fail
     targets = (np.zeros((8, 10, 4), np.float32), np.zeros((8, 10), np.int32))
     args = SimpleNamespace(peer_python=sys.executable, batch_size=2, size=128, threads=1)
     with pytest.raises(bench.BenchmarkError, match="(?s)No module named 'torch'.*--peer-python"):
-        bench.start_peer(args, cfg, task, targets, tmp_path, ["a", "b"])
+        bench.start_peer(args, cfg, per_location, targets, tmp_path, ["a", "b"])
