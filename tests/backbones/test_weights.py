@@ -314,11 +314,11 @@ def test_checkpoint_of_another_model_is_one_line_naming_the_file(tmp_path, capfd
         load_checkpoint(other, bad)
 
 
-def test_model_weights_use_keras_for_the_same_structure_else_names_with_every_layer_used(
+def test_model_weights_use_keras_for_the_same_structure_else_names_listing_unused(
         files, source, target, target_no_top, monkeypatch):
     """`load_model_weights`: a Keras 3 file of a structurally identical model goes to Keras' own
-    loader; any other file by name, where every layer of the file must be used (Keras' own
-    loader would silently skip the top of a keras.applications file loaded into a backbone)."""
+    loader; any other file by name, and the file's layers the model lacks are listed as unused
+    (Keras' own loader would skip the top of a keras.applications file without a word)."""
     import mobilevision.backbones.weights as weights
 
     by_keras = []
@@ -326,11 +326,16 @@ def test_model_weights_use_keras_for_the_same_structure_else_names_with_every_la
                         lambda model, path: by_keras.append(path) or load_checkpoint(model, path))
     for kind in ("weights_h5", "keras_zip", "legacy_keras2", "unnamed"):
         _zero(target)
-        load_model_weights(target, files[kind])
+        report = load_model_weights(target, files[kind])
         _assert_same_weights(source, target, layer_names_with_weights(target))
+        assert report.loaded == layer_names_with_weights(target) and not report.fresh
+        assert report.matched_by == ("name" if kind == "legacy_keras2" else "save_path")
     assert by_keras == [files["weights_h5"], files["keras_zip"], files["unnamed"]]
-    with pytest.raises(WeightsMismatchError, match="not in the model: predictions"):
-        load_model_weights(target_no_top, files["weights_h5"])
+    _zero(target_no_top)
+    report = load_model_weights(target_no_top, files["weights_h5"])
+    assert report.unused == ["predictions"] and not report.fresh
+    assert "1 of the file's layers unused" in report.summary()
+    _assert_same_weights(source, target_no_top, layer_names_with_weights(target_no_top))
     assert len(by_keras) == 3
 
 
