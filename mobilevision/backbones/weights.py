@@ -760,16 +760,16 @@ def load_model_weights(model, path) -> LoadReport:
         if not good:
             in_file = report.unused + [m.name for m in report.mismatched]
             raise WeightsMismatchError(
-                f"Weights file {path} fits nothing in model '{model.name}': none of its "
-                f"{len(report.model_layers)} weighted layers is in the file with the same name "
-                f"and shapes (a file of another backbone?); the file holds "
+                f"Weights file {path} does not fit model '{model.name}': it fits nothing, none "
+                f"of the model's {len(report.model_layers)} weighted layers is in the file with "
+                f"the same name and shapes (a file of another backbone?); the file holds "
                 f"{_listing(in_file) or 'no weighted layers'}", report)
         nested = any(report.scopes.values())
         clash = [m for m in report.mismatched if report.scopes.get(m.name) or not nested]
         if clash:
             raise WeightsMismatchError(
-                f"Weights file {path} holds another backbone than model '{model.name}' (another "
-                f"width?): {len(clash)} backbone layer(s) have other shapes: "
+                f"Weights file {path} does not fit model '{model.name}': its backbone is another "
+                f"(another width?), {len(clash)} backbone layer(s) have mismatched shapes: "
                 f"{_described(clash)}; only the head's layers may differ", report)
         values = _read_values(good)
     _assign(values)
