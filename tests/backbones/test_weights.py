@@ -617,3 +617,23 @@ def test_run_folder_resolves_to_best_else_last_checkpoint(task_models, tmp_path)
     assert report.path == str(run / "checkpoints" / BEST) and report.unused == ["predictions"]
     with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
         resolve_model_weights(tmp_path / "nope.weights.h5")
+
+
+def test_config_model_weights_takes_a_run_folder_and_names_its_checkpoint(task_models, tmp_path):
+    from mobilevision.config import ConfigError, load_config
+
+    run = tmp_path / "runs" / "shapes_ssdlite"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"^override 'model\.weights=.*shapes_ssdlite': key "
+                                          r"'model\.weights' names the folder '.*shapes_ssdlite', "
+                                          r"which holds no checkpoint; expected a weights file or "
+                                          r"a run folder holding checkpoints/best\.weights\.h5 or "
+                                          r"checkpoints/last\.weights\.h5$"):
+        load_config("shapes_ssdlite.yaml", [f"model.weights={run}"])
+    shutil.copy(task_models["det5"][1], run / "checkpoints" / "last.weights.h5")
+    cfg = load_config("shapes_ssdlite.yaml", [f"model.weights={run}"])
+    # The resolved config (saved into the new run) names the very file used.
+    assert cfg.model.weights == str(run / "checkpoints" / "last.weights.h5")
+    with pytest.raises(ConfigError, match=r"key 'model\.weights' names '.*nope\.weights\.h5', which "
+                                          r"is not a file; expected a weights file or a run folder$"):
+        load_config("shapes_ssdlite.yaml", [f"model.weights={tmp_path / 'nope.weights.h5'}"])
