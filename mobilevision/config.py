@@ -155,6 +155,10 @@ SCHEMA: dict[str, Field] = {
     "data.shuffle_buffer": Field(2048, "int"),
     # train
     "train.epochs": Field(10, "int"),
+    "train.freeze_backbone_epochs": Field(0, "int",
+                                          help="train the head alone (backbone frozen, its "
+                                               "BatchNorm in inference mode) for the first N "
+                                               "epochs, then everything (mobilevision.freeze)"),
     "train.batch_size": Field(32, "int"),
     "train.steps_per_epoch": Field(None, "int", nullable=True, help="default: one pass over train"),
     "train.optimizer.name": Field("rmsprop", "str", OPTIMIZERS),
@@ -536,11 +540,12 @@ def _validate_features(cfg: Config, where: str) -> None:
 
 
 def _validate_transfer(cfg: Config, where: str, check_files: bool, overridden: dict) -> None:
-    """The weights to start from.
+    """The weights to start from and the freezing schedule.
 
     `model.backbone.weights`: 'imagenet' where Keras publishes weights for the backbone and
     width (nothing is downloaded here), else an existing file. `model.weights`: a file, or a run
-    folder, replaced by its best, else last checkpoint so the saved config names the file used."""
+    folder, replaced by its best, else last checkpoint so the saved config names the file used.
+    `train.freeze_backbone_epochs`: >= 0, and only for a backbone that is trainable at all."""
     from mobilevision.backbones.imagenet import imagenet_file
     from mobilevision.backbones.weights import IMAGENET, RUN_CHECKPOINTS, resolve_model_weights
 
@@ -574,6 +579,14 @@ def _validate_transfer(cfg: Config, where: str, check_files: bool, overridden: d
                     "'model.backbone.weights'?" if value.lower() == IMAGENET else "")
             raise ConfigError(f"{at}: key '{key}' names '{value}', which is not a file; "
                               f"expected a weights file or a run folder{hint}") from None
+    key = "train.freeze_backbone_epochs"
+    at = overridden.get(key, where)
+    if cfg.train.freeze_backbone_epochs < 0:
+        raise ConfigError(f"{at}: key '{key}' must be >= 0, got {cfg.train.freeze_backbone_epochs}")
+    if cfg.train.freeze_backbone_epochs and not b.trainable:
+        raise ConfigError(f"{at}: key '{key}' unfreezes the backbone after "
+                          f"{cfg.train.freeze_backbone_epochs} epoch(s), but "
+                          f"model.backbone.trainable is false (frozen throughout); set one of them")
 
 
 def _validate_segmentation(cfg: Config, where: str) -> None:
