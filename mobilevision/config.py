@@ -64,9 +64,9 @@ SCHEMA: dict[str, Field] = {
     "model.input_size": Field([224, 224], "size", help="[height, width], multiples of 32"),
     "model.num_classes": Field(1000, "int"),
     "model.weights": Field(None, "weights", nullable=True,
-                           help="the whole model's weights: a file, or a run folder (its best, else "
-                                "last checkpoint); layers of other shapes (another class count, "
-                                "another task's head) start fresh"),
+                           help="the whole model's weights: a file, or a run folder (its best, "
+                                "else last checkpoint); layers of other shapes (another class "
+                                "count, another task's head) start fresh"),
     "model.backbone.name": Field("mobilenet_v2", "str",
                                  help="a name in mobilevision.backbones.BACKBONES"),
     "model.backbone.alpha": Field(1.0, "float", ALPHAS, help="width multiplier"),

@@ -57,7 +57,7 @@ def _same(a, b):
     return all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def _changed(a, b, names=None):
+def _changed(a, b):
     return [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)]
 
 

@@ -2,7 +2,8 @@
 once into Keras' cache and checked.
 
     fetched = fetch_imagenet_weights("mobilenet_v2", alpha=0.35, input_size=(96, 96))
-    fetched.path  # ~/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5
+    fetched.path
+    # ~/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5
 
 File names and URLs are Keras' own (the backbone module's `imagenet_file`, registered in
 `BACKBONES`), and so is the cache (`$KERAS_HOME/models`, default `~/.keras/models`): the copy

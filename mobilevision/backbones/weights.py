@@ -14,8 +14,9 @@ layer name.
   (keras.applications' file, see `mobilevision.backbones.imagenet`) or a file, by layer name.
 - `resolve_model_weights(path)`: a weights file, or a run folder's best, else last checkpoint.
 
-Every loader returns a `LoadReport`: per layer, loaded or started fresh and why; `summary()` is
-one line, `describe()` the console listing, `to_json()` a run folder's `weights.json`.
+The loaders but `load_checkpoint` return a `LoadReport`: per layer, loaded or started fresh and
+why; `summary()` is one line, `describe()` the console listing, `to_json()` a run folder's
+`weights.json`.
 
 A Keras 3 file (`keras.src.saving.saving_lib`) holds each layer at a save path made of the
 snake-cased class name and a counter that restarts in every container (`layers/conv2d_1`; a nested
@@ -69,9 +70,12 @@ _MAX_LISTED = 20
 # Top-level groups of a Keras 3 weights file that hold no layer weights.
 _NON_LAYER_ROOTS = {"optimizer", "compile_metrics", "metrics", "loss", "loss_tracker"}
 
-# A run folder's checkpoints, best first (the trainer's `BEST` and `LAST`, mobilevision.tasks.trainer;
-# a test keeps the two in step).
+# A run folder's checkpoints, best first (`BEST` and `LAST` of mobilevision.tasks.trainer; a test
+# keeps the two in step).
 RUN_CHECKPOINTS = ("checkpoints/best.weights.h5", "checkpoints/last.weights.h5")
+
+# The value of `model.backbone.weights` that names keras.applications' published weights.
+IMAGENET = "imagenet"
 
 
 class WeightsFileError(ValueError):
@@ -182,7 +186,8 @@ class LoadReport:
             groups.setdefault(self.scopes.get(name, ""), []).append(name)
         for scope, names in groups.items():
             got = [n for n in names if n in loaded]
-            label = scope or "head (the model's own layers)"
+            # The model's own layers are the head beside a nested backbone; else the model is one.
+            label = scope or ("head (the model's own layers)" if len(groups) > 1 else "the model")
             what = f"{len(got)} of {len(names)} layers"
             if 0 < len(got) <= 12 and len(got) < len(names):
                 what += ": " + ", ".join(got)
@@ -774,9 +779,6 @@ def load_model_weights(model, path) -> LoadReport:
         values = _read_values(good)
     _assign(values)
     return report
-
-
-IMAGENET = "imagenet"
 
 
 def load_backbone_weights(model, weights, *, backbone: str = "mobilenet_v2", alpha: float = 1.0,

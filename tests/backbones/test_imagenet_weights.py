@@ -178,7 +178,9 @@ def test_downloads_once_checks_caches_and_loads_by_name(server, cache, source, f
     assert report.path == str(cache / NAME) and report.source == server.url("good") + NAME
     assert report.sha256 == hashlib.sha256(files["good"]).hexdigest()
     assert report.missing == report.mismatched == report.unused == [] and report.note is None
-    assert f"sha256 {report.sha256}" in report.describe()
+    assert report.describe().splitlines()[1:] == [
+        f"  source: {server.url('good')}{NAME} (sha256 {report.sha256})",
+        "  loaded  the model: 104 of 104 layers"]
     # Offline: the cached file is used without contacting anything (the server is gone).
     server.stop()
     again = _backbone()
@@ -209,8 +211,8 @@ def test_other_sizes_use_the_224_file_with_a_note(server, cache, source, monkeyp
               r"/short/.*retrieval incomplete"),
     ("cut", r"the file downloaded from http://127\.0\.0\.1:\d+/cut/\S+ is not mobilenet_v2 alpha "
             r"0\.35's ImageNet weights \(the file could not be opened as HDF5"),
-    ("other", r"is not mobilenet_v2 alpha 0\.35's ImageNet weights \(104 layer\(s\) missing, e\.g\. "
-              r"Conv1; 54 layer\(s\) of another model, e\.g\. conv1\); nothing was kept; "),
+    ("other", r"is not mobilenet_v2 alpha 0\.35's ImageNet weights \(104 layer\(s\) missing, "
+              r"e\.g\. Conv1; 54 layer\(s\) of another model, e\.g\. conv1\); nothing was kept; "),
     ("wider", r"is not mobilenet_v2 alpha 0\.35's ImageNet weights \(\d+ layer\(s\) of other "
               r"shapes, e\.g\. block_1_project \(1, 1, 48, 16\) instead of \(1, 1, 48, 8\)\)"),
     ("missing", r"could not download ImageNet weights: URL fetch failure on \S+: 404 -- Not Found"),
@@ -290,7 +292,8 @@ def test_config_accepts_imagenet_without_downloading_and_refuses_what_keras_lack
     with pytest.raises(ConfigError, match=r"^override 'model\.backbone\.weights=imagenet': key "
                                           r"'model\.backbone\.weights' is 'imagenet', but "
                                           r"keras\.applications publishes MobileNetV2 ImageNet "
-                                          r"weights for alpha 0\.35, 0\.5, 0\.75, 1, 1\.3, 1\.4, not "
-                                          r"0\.25; set model\.backbone\.alpha to one of those"):
+                                          r"weights for alpha 0\.35, 0\.5, 0\.75, 1, 1\.3, 1\.4, "
+                                          r"not 0\.25; set model\.backbone\.alpha to one of "
+                                          r"those"):
         load_config("shapes_ssdlite.yaml", ["model.backbone.alpha=0.25",
                                             "model.backbone.weights=imagenet"])

@@ -571,8 +571,8 @@ def test_a_file_of_another_backbone_fits_nothing(task_models, tmp_path):
     v1.save_weights(path)
     model = task_models["det3"][0]
     before = _by_layer(model)
-    with pytest.raises(WeightsMismatchError, match=r"^Weights file .* does not fit model "
-                                                   r"'mobilenet_v2_ssdlite': it fits nothing") as info:
+    fits_nothing = r"^Weights file .* does not fit model 'mobilenet_v2_ssdlite': it fits nothing"
+    with pytest.raises(WeightsMismatchError, match=fits_nothing) as info:
         load_model_weights(model, path)
     assert "conv_dw_1" in str(info.value) and "\n" not in str(info.value)
     assert info.value.report.loaded == []
@@ -590,10 +590,10 @@ def test_a_file_of_another_width_is_another_backbone(task_models, tmp_path):
     wider.save_weights(path)
     model = task_models["cls3"][0]
     before = _by_layer(model)
-    with pytest.raises(WeightsMismatchError, match=r"its backbone is another \(another width\?\), "
-                                                   r"\d+ backbone layer\(s\) have mismatched shapes: .*"
-                                                   r"block_1_project \(model \(1, 1, 48, 8\), file "
-                                                   r"\(1, 1, 48, 16\)"):
+    another = (r"its backbone is another \(another width\?\), \d+ backbone layer\(s\) have "
+               r"mismatched shapes: .*block_1_project \(model \(1, 1, 48, 8\), file "
+               r"\(1, 1, 48, 16\)")
+    with pytest.raises(WeightsMismatchError, match=another):
         load_model_weights(model, path)
     for name, arrays in _by_layer(model).items():
         for x, y in zip(arrays, before[name]):
@@ -634,6 +634,7 @@ def test_config_model_weights_takes_a_run_folder_and_names_its_checkpoint(task_m
     cfg = load_config("shapes_ssdlite.yaml", [f"model.weights={run}"])
     # The resolved config (saved into the new run) names the very file used.
     assert cfg.model.weights == str(run / "checkpoints" / "last.weights.h5")
-    with pytest.raises(ConfigError, match=r"key 'model\.weights' names '.*nope\.weights\.h5', which "
-                                          r"is not a file; expected a weights file or a run folder$"):
+    with pytest.raises(ConfigError, match=r"key 'model\.weights' names '.*nope\.weights\.h5', "
+                                          r"which is not a file; expected a weights file or a run "
+                                          r"folder$"):
         load_config("shapes_ssdlite.yaml", [f"model.weights={tmp_path / 'nope.weights.h5'}"])
