@@ -43,7 +43,8 @@ class Field:
     kind: "int", "float", "bool", "str", "size" (a list of two positive ints), "floats" (a list
     of numbers), "ints" (a list of integers), "strs" (a list of strings), "path" (a string; may
     not exist yet) or "file" (a string naming an existing file, checked after all overrides). `choices` restricts the value;
-    `nullable` allows null.
+    `nullable` allows null. "weights" and "backbone_weights" are strings checked by
+    `_validate_transfer`.
     """
 
     default: Any
@@ -62,13 +63,18 @@ SCHEMA: dict[str, Field] = {
     # model
     "model.input_size": Field([224, 224], "size", help="[height, width], multiples of 32"),
     "model.num_classes": Field(1000, "int"),
-    "model.weights": Field(None, "file", nullable=True, help="weights file for the whole model"),
+    "model.weights": Field(None, "weights", nullable=True,
+                           help="the whole model's weights: a file, or a run folder (its best, "
+                                "else last checkpoint); layers of other shapes (another class "
+                                "count, another task's head) start fresh"),
     "model.backbone.name": Field("mobilenet_v2", "str",
                                  help="a name in mobilevision.backbones.BACKBONES"),
     "model.backbone.alpha": Field(1.0, "float", ALPHAS, help="width multiplier"),
     "model.backbone.output_stride": Field(32, "int", (8, 16, 32)),
     "model.backbone.weights": Field(
-        None, "file", nullable=True, help="backbone weights (keras.applications .h5 or .weights.h5)"
+        None, "backbone_weights", nullable=True,
+        help="'imagenet' (keras.applications' weights, downloaded once into Keras' cache) or a "
+             "weights file (.h5, .weights.h5, .keras), loaded by layer name"
     ),
     "model.backbone.bn_momentum": Field(0.999, "float", help="BatchNorm moving-average momentum"),
     "model.backbone.trainable": Field(True, "bool"),
@@ -149,6 +155,10 @@ SCHEMA: dict[str, Field] = {
     "data.shuffle_buffer": Field(2048, "int"),
     # train
     "train.epochs": Field(10, "int"),
+    "train.freeze_backbone_epochs": Field(0, "int",
+                                          help="train the head alone (backbone frozen, its "
+                                               "BatchNorm in inference mode) for the first N "
+                                               "epochs, then everything (mobilevision.freeze)"),
     "train.batch_size": Field(32, "int"),
     "train.steps_per_epoch": Field(None, "int", nullable=True, help="default: one pass over train"),
     "train.optimizer.name": Field("rmsprop", "str", OPTIMIZERS),
@@ -307,7 +317,7 @@ def _check_type(key: str, value, where: str):
     elif kind == "bool":
         if not isinstance(value, bool):
             raise bad("true or false")
-    elif kind in ("str", "path", "file"):
+    elif kind in ("str", "path", "file", "weights", "backbone_weights"):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and kind == "str":
             value = str(value)
         if not isinstance(value, str):
@@ -493,6 +503,7 @@ def _validate(cfg: Config, source, check_files: bool, overridden=None) -> None:
         raise ConfigError(f"{where}: task '{cfg.task}' does not read data.format "
                           f"'{cfg.data.format}'; it reads {' or '.join(readable[cfg.task])}")
     _validate_features(cfg, (overridden or {}).get("model.head.features", where))
+    _validate_transfer(cfg, where, check_files, overridden or {})
     if cfg.task == "segmentation":
         _validate_segmentation(cfg, where)
     if cfg.data.format == "tfds" and not cfg.data.tfds.name:
@@ -531,6 +542,56 @@ def _validate_features(cfg: Config, where: str) -> None:
         shown = ", ".join(f"{t} (stride {s})" for t, s in zip(taps, strides))
         raise ConfigError(f"{where}: key '{key}' must list distinct taps finest first (strides "
                           f"not decreasing), got {shown}")
+
+
+def _validate_transfer(cfg: Config, where: str, check_files: bool, overridden: dict) -> None:
+    """The weights to start from and the freezing schedule.
+
+    `model.backbone.weights`: 'imagenet' where Keras publishes weights for the backbone and
+    width (nothing is downloaded here), else an existing file. `model.weights`: a file, or a run
+    folder, replaced by its best, else last checkpoint so the saved config names the file used.
+    `train.freeze_backbone_epochs`: >= 0, and only for a backbone that is trainable at all."""
+    from mobilevision.backbones.imagenet import imagenet_file
+    from mobilevision.backbones.weights import IMAGENET, RUN_CHECKPOINTS, resolve_model_weights
+
+    b = cfg.model.backbone
+    key = "model.backbone.weights"
+    at = overridden.get(key, where)
+    if b.weights == IMAGENET:
+        try:
+            imagenet_file(b.name, b.alpha, cfg.model.input_size)
+        except ValueError as e:
+            raise ConfigError(f"{at}: key '{key}' is 'imagenet', but {e}; set "
+                              f"model.backbone.alpha to one of those or name a weights file"
+                              ) from None
+    elif b.weights is not None and check_files and not Path(b.weights).is_file():
+        close = difflib.get_close_matches(b.weights.lower(), [IMAGENET], n=1, cutoff=0.6)
+        hint = f"; did you mean '{IMAGENET}'?" if close else ""
+        raise ConfigError(f"{at}: key '{key}' names '{b.weights}', which is not a file; expected "
+                          f"'{IMAGENET}' or a weights file{hint}")
+    key = "model.weights"
+    at = overridden.get(key, where)
+    if cfg.model.weights is not None and check_files:
+        value = cfg.model.weights
+        try:
+            cfg.model["weights"] = resolve_model_weights(value)
+        except FileNotFoundError:
+            if Path(value).is_dir():
+                raise ConfigError(f"{at}: key '{key}' names the folder '{value}', which holds no "
+                                  f"checkpoint; expected a weights file or a run folder holding "
+                                  f"{' or '.join(RUN_CHECKPOINTS)}") from None
+            hint = ("; ImageNet weights are the backbone's: did you mean "
+                    "'model.backbone.weights'?" if value.lower() == IMAGENET else "")
+            raise ConfigError(f"{at}: key '{key}' names '{value}', which is not a file; "
+                              f"expected a weights file or a run folder{hint}") from None
+    key = "train.freeze_backbone_epochs"
+    at = overridden.get(key, where)
+    if cfg.train.freeze_backbone_epochs < 0:
+        raise ConfigError(f"{at}: key '{key}' must be >= 0, got {cfg.train.freeze_backbone_epochs}")
+    if cfg.train.freeze_backbone_epochs and not b.trainable:
+        raise ConfigError(f"{at}: key '{key}' unfreezes the backbone after "
+                          f"{cfg.train.freeze_backbone_epochs} epoch(s), but "
+                          f"model.backbone.trainable is false (frozen throughout); set one of them")
 
 
 def _validate_segmentation(cfg: Config, where: str) -> None:

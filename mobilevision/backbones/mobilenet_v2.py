@@ -33,6 +33,49 @@ HEAD_TAPS = {"classification": ("out_relu",),
 
 BN_EPSILON = 1e-3
 
+# The ImageNet weights keras.applications publishes for MobileNetV2 (top removed), as its loader
+# names them (keras/src/applications/mobilenet_v2.py): one file per width and square input size.
+# Keras' loader accepts alphas 1.3 and 1.4 at every size, but only their 224 files exist (the
+# TF-slim checkpoints they come from are 224 only; `alpha=1.4, 96 px` is a 404, keras-team/keras
+# issue 16452), so those widths always use the 224 file.
+IMAGENET_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+IMAGENET_SIZES = {0.35: (96, 128, 160, 192, 224), 0.5: (96, 128, 160, 192, 224),
+                  0.75: (96, 128, 160, 192, 224), 1.0: (96, 128, 160, 192, 224),
+                  1.3: (224,), 1.4: (224,)}
+
+
+def imagenet_file(alpha: float, input_size) -> tuple[str, str | None]:
+    """The keras.applications ImageNet weights file (no top) for this width and input size.
+
+    Args:
+      alpha: width multiplier.
+      input_size: (height, width) of the model's input.
+
+    Returns:
+      (file name, note): e.g. ("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5",
+      None). As Keras does, a non-square size or one without a file of its own takes the 224
+      file; conv weights do not depend on the input size, so they load all the same, and `note`
+      then says which file stands in (else None).
+
+    Raises:
+      ValueError: Keras publishes no weights for `alpha`; the message names the widths it does.
+    """
+    alpha = float(alpha)
+    if alpha not in IMAGENET_SIZES:
+        published = ", ".join(f"{a:g}" for a in IMAGENET_SIZES)
+        raise ValueError(f"keras.applications publishes MobileNetV2 ImageNet weights for alpha "
+                         f"{published}, not {alpha:g}")
+    h, w = (int(s) for s in input_size)
+    rows, note = h, None
+    if h != w or h not in IMAGENET_SIZES[alpha]:
+        rows = 224
+        note = (f"no ImageNet weights trained at {h}x{w} for MobileNetV2 alpha {alpha:g} (Keras "
+                f"publishes {', '.join(str(s) for s in IMAGENET_SIZES[alpha])} px, square); "
+                f"using the 224 px file, as keras.applications does: conv weights do not depend "
+                f"on the input size")
+    # Keras formats alpha with float(): 0.35, 0.5, 1.0 ("..._1.0_224_no_top.h5").
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5", note
+
 
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round channels to a multiple of `divisor`, never more than 10% down (keras.applications)."""

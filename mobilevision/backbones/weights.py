@@ -8,7 +8,15 @@ layer name.
   ordering_tf_kernels_1.0_224.h5`, `..._no_top.h5`, or a full-model `.h5`), another model's
   Keras 3 `.weights.h5` or `.keras` archive.
 - `load_model_weights(model, path)` (`model.weights=FILE`, `--weights FILE`): the first for a
-  Keras 3 file of a structurally identical model, else the second.
+  Keras 3 file of a structurally identical model; else by layer name, every layer whose shape
+  fits, the rest started fresh (fine-tuning on other classes, or from another task's model).
+- `load_backbone_weights(model, weights, ...)` (`model.backbone.weights`): `imagenet`
+  (keras.applications' file, see `mobilevision.backbones.imagenet`) or a file, by layer name.
+- `resolve_model_weights(path)`: a weights file, or a run folder's best, else last checkpoint.
+
+The loaders but `load_checkpoint` return a `LoadReport`: per layer, loaded or started fresh and
+why; `summary()` is one line, `describe()` the console listing, `to_json()` a run folder's
+`weights.json`.
 
 A Keras 3 file (`keras.src.saving.saving_lib`) holds each layer at a save path made of the
 snake-cased class name and a counter that restarts in every container (`layers/conv2d_1`; a nested
@@ -28,6 +36,7 @@ load succeeds, so a failed load leaves the model unchanged.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import warnings
@@ -48,9 +57,11 @@ __all__ = [
     "WeightsFileError",
     "WeightsMismatchError",
     "layer_names_with_weights",
+    "load_backbone_weights",
     "load_checkpoint",
     "load_model_weights",
     "load_weights_by_name",
+    "resolve_model_weights",
 ]
 
 # How many layer names an error message lists before it says "... and N more".
@@ -58,6 +69,13 @@ _MAX_LISTED = 20
 
 # Top-level groups of a Keras 3 weights file that hold no layer weights.
 _NON_LAYER_ROOTS = {"optimizer", "compile_metrics", "metrics", "loss", "loss_tracker"}
+
+# A run folder's checkpoints, best first (`BEST` and `LAST` of mobilevision.tasks.trainer; a test
+# keeps the two in step).
+RUN_CHECKPOINTS = ("checkpoints/best.weights.h5", "checkpoints/last.weights.h5")
+
+# The value of `model.backbone.weights` that names keras.applications' published weights.
+IMAGENET = "imagenet"
 
 
 class WeightsFileError(ValueError):
@@ -98,8 +116,17 @@ class LoadReport:
                 layer names these are save paths such as "layers/dense".
     mismatched: `ShapeMismatch(name, expected, found)` triples for matched layers whose
                 variables differ in shape or count.
-    matched_by: "name" or "position" (see the module docstring).
+    matched_by: "name" or "position" (see the module docstring), or "save_path" when Keras' own
+                loader read a checkpoint of the same model (`load_model_weights`).
     file_format: "legacy_h5", "weights_h5" or "keras_zip".
+    model_layers: the model's weighted layer names, in model order.
+    scopes:     layer name -> the nested model holding it (the backbone, e.g. "mobilenet_v2"),
+                "" for the model's own layers (the head).
+    source, sha256, note: where the file came from when the user did not name it (`imagenet`:
+                its URL), its SHA-256, and anything the loader chose on the user's behalf.
+
+    Where a loader starts layers fresh instead of failing (`load_model_weights`), `missing` and
+    `mismatched` are the layers started fresh; `fresh` lists them in model order with the reason.
     """
 
     path: str
@@ -109,6 +136,103 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
     mismatched: list[ShapeMismatch] = field(default_factory=list)
+    model_layers: list[str] = field(default_factory=list)
+    scopes: dict = field(default_factory=dict)
+    source: str | None = None
+    sha256: str | None = None
+    note: str | None = None
+
+    @property
+    def fresh(self) -> list[tuple[str, str]]:
+        """(layer, reason) for each layer not loaded, in model order; reason is "not in the file"
+        or "shape <model's> in the model, <file's> in the file"."""
+        why = {name: "not in the file" for name in self.missing}
+        for m in self.mismatched:
+            why[m.name] = f"shape {m.expected} in the model, {m.found} in the file"
+        return [(name, why[name]) for name in self.model_layers if name in why]
+
+    def _how(self) -> str:
+        return {"save_path": "Keras' own loader, a checkpoint of this model",
+                "name": "by layer name", "position": "by position"}.get(self.matched_by,
+                                                                      self.matched_by)
+
+    def summary(self) -> str:
+        """One line: how many layers loaded, which started fresh, how many of the file's unused."""
+        total = len(self.model_layers) or len(self.loaded) + len(self.fresh)
+        line = (f"loaded {len(self.loaded)} of {total} weighted layers from {self.path} "
+                f"({self._how()})")
+        fresh = [name for name, _ in self.fresh]
+        if fresh:
+            shown = ", ".join(fresh[:8]) + (f", ... and {len(fresh) - 8} more"
+                                            if len(fresh) > 8 else "")
+            line += f"; {len(fresh)} started fresh: {shown}"
+        if self.unused:
+            line += f"; {len(self.unused)} of the file's layers unused"
+        return line
+
+    def describe(self, max_lines: int = 40) -> str:
+        """The console listing: the summary, loaded layers counted per nested model (the backbone)
+        and for the model's own layers, then each layer started fresh with its reason, then the
+        file's unused layers. `to_json()` lists every layer."""
+        lines = [self.summary()]
+        if self.source:
+            lines.append(f"  source: {self.source}" + (f" (sha256 {self.sha256})"
+                                                        if self.sha256 else ""))
+        if self.note:
+            lines.append(f"  note: {self.note}")
+        loaded = set(self.loaded)
+        groups: dict[str, list[str]] = {}
+        for name in self.model_layers or self.loaded:
+            groups.setdefault(self.scopes.get(name, ""), []).append(name)
+        for scope, names in groups.items():
+            got = [n for n in names if n in loaded]
+            # The model's own layers are the head beside a nested backbone; else the model is one.
+            label = scope or ("head (the model's own layers)" if len(groups) > 1 else "the model")
+            what = f"{len(got)} of {len(names)} layers"
+            if 0 < len(got) <= 12 and len(got) < len(names):
+                what += ": " + ", ".join(got)
+            lines.append(f"  loaded  {label}: {what}")
+        fresh = self.fresh
+        width = max((len(n) for n, _ in fresh[:max_lines]), default=0)
+        for name, reason in fresh[:max_lines]:
+            lines.append(f"  fresh   {name:<{width}}  {reason}")
+        if len(fresh) > max_lines:
+            lines.append(f"  fresh   ... and {len(fresh) - max_lines} more")
+        if self.unused:
+            lines.append(f"  unused from the file: {_listing(self.unused)}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Everything, per layer, as plain JSON types (for a run folder's `weights.json`)."""
+        mismatched = {m.name: m for m in self.mismatched}
+        missing, loaded = set(self.missing), set(self.loaded)
+        layers = []
+        for name in self.model_layers or self.loaded:
+            entry = {"layer": name, "in": self.scopes.get(name, "")}
+            if name in loaded:
+                entry["status"] = "loaded"
+            elif name in mismatched:
+                m = mismatched[name]
+                entry.update(status="fresh", reason="shape", model_shape=_plain_shape(m.expected),
+                             file_shape=_plain_shape(m.found))
+            elif name in missing:
+                entry.update(status="fresh", reason="not in the file")
+            layers.append(entry)
+        return {"file": self.path, "source": self.source, "sha256": self.sha256,
+                "format": self.file_format, "matched_by": self.matched_by, "note": self.note,
+                "summary": self.summary(),
+                "counts": {"layers": len(layers), "loaded": len(self.loaded),
+                           "fresh": len(self.fresh), "unused": len(self.unused)},
+                "layers": layers, "unused": list(self.unused)}
+
+    def to_json(self) -> str:
+        """`to_dict()` as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def _plain_shape(shape) -> list:
+    # A ShapeMismatch holds one shape, or a tuple of shapes when the variable counts differ.
+    return [_plain_shape(s) if isinstance(s, tuple) else int(s) for s in shape]
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +246,7 @@ class _Unit:
     name: str
     variables: list
     key: str | None  # Keras 3 save path, e.g. "layers/functional/layers/conv2d_3"
+    scope: str = ""  # the nested model holding the layer (the backbone), "" at the top level
 
 
 def _own_variables(layer) -> list:
@@ -142,11 +267,12 @@ def _snake(name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _walk_units(model, prefix: str | None = ""):
+def _walk_units(model, prefix: str | None = "", scope: str = ""):
     """Yield the weighted layers of `model` in save order, recursing into nested models.
 
     `prefix` is the save path of `model` plus "/" ("" for the root); None where the save path
-    cannot be derived (inside a composite layer), and then the units get no key.
+    cannot be derived (inside a composite layer), and then the units get no key. `scope` is the
+    name of the outermost nested model the layers sit in ("" for the root's own layers).
     """
     counters: dict[str, int] = {}
     for layer in model.layers:
@@ -158,22 +284,23 @@ def _walk_units(model, prefix: str | None = ""):
             counters[base] = 0
         path = None if prefix is None else f"{prefix}layers/{base}"
         if _is_container(layer):
-            yield from _walk_units(layer, None if path is None else path + "/")
+            yield from _walk_units(layer, None if path is None else path + "/",
+                                   scope or layer.name)
         else:
-            yield from _walk_layer(layer, path)
+            yield from _walk_layer(layer, path, scope)
 
 
-def _walk_layer(layer, path: str | None):
+def _walk_layer(layer, path: str | None, scope: str = ""):
     variables = _own_variables(layer)
     if variables:
-        yield _Unit(layer.name, variables, path)
+        yield _Unit(layer.name, variables, path, scope)
     # Sublayers of a composite (non-model) layer are saved under attribute names, which this
     # loader does not reconstruct: they can be matched by name only.
     for sub in getattr(layer, "_layers", None) or []:
         if _is_container(sub):
-            yield from _walk_units(sub, None)
+            yield from _walk_units(sub, None, scope or sub.name)
         else:
-            yield from _walk_layer(sub, None)
+            yield from _walk_layer(sub, None, scope)
 
 
 def _model_units(model) -> list[_Unit]:
@@ -416,25 +543,11 @@ def _listing(names: list[str]) -> str:
 # Public entry points
 
 
-def load_weights_by_name(model, path, *, allow_unused: bool = True) -> LoadReport:
-    """Load the foreign weights file `path` into `model` by layer name (see module docstring).
-
-    Args:
-      model: a built Keras model (or layer); nested functional/Sequential models are descended.
-      path: a legacy Keras `.h5`, a Keras 3 `.weights.h5`, or a `.keras` archive.
-      allow_unused: when False, weighted layers of the file that the model lacks are an error
-        (True: a file with the classifier top fills a backbone).
-
-    Returns:
-      A `LoadReport`.
-
-    Raises:
-      FileNotFoundError: `path` does not exist.
-      WeightsFileError: `path` is not HDF5 / not a Keras archive / of an unknown layout.
-      WeightsMismatchError: model layers missing from the file or with other shapes (or unused
-        file layers, with `allow_unused=False`), listed by name. Nothing is assigned then.
-    """
-    path = os.fspath(path)
+@contextmanager
+def _planned(model, path: str):
+    """Open `path` and match its weighted layers to `model`'s (by name, or by position for a file
+    that records no names), checking shapes. Yields (report, pairs whose shapes fit) while the
+    file is open: the pairs' datasets are read lazily."""
     with _file_entries(path) as (entries, file_format):
         units = _model_units(model)
         if file_format == "legacy_h5" or (entries and all(e.name is not None for e in entries)):
@@ -458,27 +571,36 @@ def load_weights_by_name(model, path, *, allow_unused: bool = True) -> LoadRepor
             missing=[u.name for u in units if id(u) not in matched_units],
             unused=[e.label for e in entries if id(e) not in matched_entries],
             mismatched=mismatched,
+            model_layers=[u.name for u in units],
+            scopes={u.name: u.scope for u in units},
         )
-        problems = []
-        if report.missing:
-            problems.append(f"{len(report.missing)} layer(s) of the model are not in the file: "
-                            f"{_listing(report.missing)}")
-        if mismatched:
-            described = [f"{m.name} (model {m.expected}, file {m.found})" for m in mismatched]
-            problems.append(f"{len(mismatched)} layer(s) have mismatched shapes: "
-                            f"{_listing(described)}")
-        if report.unused and not allow_unused:
-            problems.append(f"{len(report.unused)} layer(s) of the file are not in the model: "
-                            f"{_listing(report.unused)}")
-        if problems:
-            raise WeightsMismatchError(
-                f"Weights file {path} does not fit model '{model.name}' "
-                f"(matched by {matched_by}): " + "; ".join(problems),
-                report,
-            )
+        yield report, good
 
-        # Read everything first, then assign, so a read error leaves the model unchanged.
-        values = [(v, _read_array(ds)) for u, e in good for v, ds in zip(u.variables, e.datasets)]
+
+def _problems(report: LoadReport, allow_unused: bool) -> list[str]:
+    problems = []
+    if report.missing:
+        problems.append(f"{len(report.missing)} layer(s) of the model are not in the file: "
+                        f"{_listing(report.missing)}")
+    if report.mismatched:
+        problems.append(f"{len(report.mismatched)} layer(s) have mismatched shapes: "
+                        f"{_described(report.mismatched)}")
+    if report.unused and not allow_unused:
+        problems.append(f"{len(report.unused)} layer(s) of the file are not in the model: "
+                        f"{_listing(report.unused)}")
+    return problems
+
+
+def _described(mismatched: list[ShapeMismatch]) -> str:
+    return _listing([f"{m.name} (model {m.expected}, file {m.found})" for m in mismatched])
+
+
+def _read_values(good) -> list:
+    # Read everything before assigning anything, so a read error leaves the model unchanged.
+    return [(v, _read_array(ds)) for u, e in good for v, ds in zip(u.variables, e.datasets)]
+
+
+def _assign(values) -> None:
     for variable, value in values:
         try:
             value = value.astype(np.dtype(keras.backend.standardize_dtype(variable.dtype)),
@@ -486,6 +608,37 @@ def load_weights_by_name(model, path, *, allow_unused: bool = True) -> LoadRepor
         except TypeError:  # a dtype numpy does not name (bfloat16): let the backend cast
             pass
         variable.assign(value)
+
+
+def load_weights_by_name(model, path, *, allow_unused: bool = True) -> LoadReport:
+    """Load the foreign weights file `path` into `model` by layer name (see module docstring).
+
+    Args:
+      model: a built Keras model (or layer); nested functional/Sequential models are descended.
+      path: a legacy Keras `.h5`, a Keras 3 `.weights.h5`, or a `.keras` archive.
+      allow_unused: when False, weighted layers of the file that the model lacks are an error
+        (True: a file with the classifier top fills a backbone).
+
+    Returns:
+      A `LoadReport`.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      WeightsFileError: `path` is not HDF5 / not a Keras archive / of an unknown layout.
+      WeightsMismatchError: model layers missing from the file or with other shapes (or unused
+        file layers, with `allow_unused=False`), listed by name. Nothing is assigned then.
+    """
+    path = os.fspath(path)
+    with _planned(model, path) as (report, good):
+        problems = _problems(report, allow_unused)
+        if problems:
+            raise WeightsMismatchError(
+                f"Weights file {path} does not fit model '{model.name}' "
+                f"(matched by {report.matched_by}): " + "; ".join(problems),
+                report,
+            )
+        values = _read_values(good)
+    _assign(values)
     return report
 
 
@@ -539,19 +692,138 @@ def _fits_exactly(model, path: str) -> bool:
         return file_format != "legacy_h5" and ours == {e.key: e.shapes for e in entries}
 
 
-def load_model_weights(model, path) -> None:
-    """Load `path` into the whole of `model` (`model.weights=FILE`, `--weights FILE`).
+def resolve_model_weights(path) -> str:
+    """The weights file that `path` names: the file itself, or for a run folder its best, else
+    last checkpoint (`RUN_CHECKPOINTS`).
 
-    A Keras 3 file of a structurally identical model (a checkpoint of this config, from any run)
-    loads with Keras' own loader (`load_checkpoint`); any other file (keras.applications `.h5`,
-    another model's `.weights.h5` or `.keras`, a checkpoint of another config) by layer name,
-    every weighted layer of the model and of the file used, or an error listing the layers that
-    do not match (`load_weights_by_name` with `allow_unused=False`).
-
-    Raises FileNotFoundError, WeightsFileError or WeightsMismatchError, each naming `path`.
+    Raises:
+      FileNotFoundError: neither a file nor a folder holding one of those checkpoints; the
+        message names `path` and what was expected.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        for rel in RUN_CHECKPOINTS:
+            candidate = os.path.join(path, rel)
+            if os.path.isfile(candidate):
+                return candidate
+        raise FileNotFoundError(f"{path} is a folder without a checkpoint (expected a run folder "
+                                f"holding {' or '.join(RUN_CHECKPOINTS)})")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Weights file not found: {path}")
+    return path
+
+
+def load_model_weights(model, path) -> LoadReport:
+    """Load `path` into the whole of `model` (`model.weights`, `--weights`), starting fresh the
+    layers it cannot fill: fine-tuning on other classes, or from another task's model.
+
+    Args:
+      model: the task model (built, uncompiled or compiled).
+      path: a weights file (`.weights.h5`, `.keras`, legacy `.h5`) or a run folder (its best,
+        else last checkpoint, `resolve_model_weights`).
+
+    A Keras 3 file of a structurally identical model (a checkpoint of this config, from any run)
+    loads exactly, with Keras' own loader (`load_checkpoint`). Any other file loads by layer
+    name: each layer of the model whose variables have the same shapes in the file is loaded;
+    one the file lacks, or holds with other shapes (a class predictor for another class count,
+    another task's head), keeps its fresh initial weights. The file's other layers are unused.
+
+    The backbone must be the file's backbone: layers inside a nested model (the backbone) may be
+    absent from the file (a segmenter's backbone stops before `Conv_1`) but not of another shape
+    (another width); in a model without nested models every layer counts as backbone.
+
+    Returns:
+      A `LoadReport`: `loaded`, `fresh` (layer, reason) and `unused`; `summary()` for the log,
+      `describe()` for the console, `to_json()` for the run folder's `weights.json`.
+
+    Raises:
+      FileNotFoundError: `path` is neither a file nor a run folder with a checkpoint.
+      WeightsFileError: not a readable weights file.
+      WeightsMismatchError: the file fits nothing (no layer of the same name and shape: another
+        backbone), holds another backbone (backbone layers of other shapes), or records no
+        layer names (an older Keras 3 file) and does not fit completely by position. Nothing is
+        assigned then.
+    """
+    path = resolve_model_weights(path)
     if _fits_exactly(model, path):
         load_checkpoint(model, path)
-    else:
-        load_weights_by_name(model, path, allow_unused=False)
+        units = _model_units(model)
+        return LoadReport(path=path, file_format="keras_zip" if path.endswith(".keras")
+                          else "weights_h5", matched_by="save_path",
+                          loaded=[u.name for u in units], model_layers=[u.name for u in units],
+                          scopes={u.name: u.scope for u in units})
+    with _planned(model, path) as (report, good):
+        if report.matched_by == "position":
+            # Matching by position is only sound between models that create the same layers
+            # in the same order; between two heads it would pair unrelated layers.
+            problems = _problems(report, allow_unused=False)
+            if problems:
+                raise WeightsMismatchError(
+                    f"Weights file {path} records no layer names (an older Keras 3 file), so "
+                    f"its layers can only be matched by position, which needs the same model: "
+                    + "; ".join(problems), report)
+        if not good:
+            in_file = report.unused + [m.name for m in report.mismatched]
+            raise WeightsMismatchError(
+                f"Weights file {path} does not fit model '{model.name}': it fits nothing, none "
+                f"of the model's {len(report.model_layers)} weighted layers is in the file with "
+                f"the same name and shapes (a file of another backbone?); the file holds "
+                f"{_listing(in_file) or 'no weighted layers'}", report)
+        nested = any(report.scopes.values())
+        clash = [m for m in report.mismatched if report.scopes.get(m.name) or not nested]
+        if clash:
+            raise WeightsMismatchError(
+                f"Weights file {path} does not fit model '{model.name}': its backbone is another "
+                f"(another width?), {len(clash)} backbone layer(s) have mismatched shapes: "
+                f"{_described(clash)}; only the head's layers may differ", report)
+        values = _read_values(good)
+    _assign(values)
+    return report
+
+
+def load_backbone_weights(model, weights, *, backbone: str = "mobilenet_v2", alpha: float = 1.0,
+                          input_size=None) -> LoadReport:
+    """Load `model.backbone.weights` into the backbone `model`, by layer name.
+
+    Args:
+      model: the backbone (`BACKBONES[backbone].build(...)`), possibly truncated after its taps.
+      weights: "imagenet" (keras.applications' published file for `alpha` and `input_size`,
+        downloaded once into Keras' cache and checked, `mobilevision.backbones.imagenet`) or the
+        path of a weights file; a file with layers the backbone lacks (a classifier top, the
+        layers after a truncated backbone's last tap) is fine.
+      backbone: the backbone's name in `BACKBONES`.
+      alpha: its width multiplier.
+      input_size: (height, width); default the model's input size.
+
+    Returns:
+      A `LoadReport`; for ImageNet weights with `source` (the URL), `sha256` and `note` (which
+      file stood in for an input size Keras publishes none for).
+
+    Raises:
+      FileNotFoundError, WeightsFileError, WeightsMismatchError: a named file that is missing,
+        unreadable or does not fit. WeightsFileError: ImageNet weights that cannot be downloaded
+        or fail the check (one line saying where to put the file by hand). ValueError: no
+        published ImageNet weights for this backbone or width.
+    """
+    if weights != IMAGENET:
+        return load_weights_by_name(model, weights, allow_unused=True)
+    from mobilevision.backbones.imagenet import fetch_imagenet_weights
+
+    size = input_size if input_size is not None else tuple(model.input_shape[1:3])
+    fetched = fetch_imagenet_weights(backbone, alpha, size)
+    try:
+        report = load_weights_by_name(model, fetched.path, allow_unused=True)
+    except (WeightsFileError, WeightsMismatchError) as e:
+        detail = " ".join(str(e).split())[:300]
+        if fetched.downloaded:  # checked whole a moment ago: the model is not of that width
+            raise WeightsMismatchError(
+                f"backbone '{model.name}' is not {backbone} alpha {alpha:g}, whose ImageNet "
+                f"weights {fetched.path} were asked for: {detail}") from None
+        # A download is checked whole before it is kept, so this file was put there by hand
+        # (or by another program): not ours to delete.
+        raise WeightsFileError(
+            f"cached ImageNet weights {fetched.path} do not fit backbone '{model.name}' "
+            f"({detail}); delete the file to download it again from {fetched.url}, or put the "
+            f"right file there by hand") from None
+    report.source, report.sha256, report.note = fetched.url, fetched.sha256, fetched.note
+    return report

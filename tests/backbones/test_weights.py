@@ -314,11 +314,11 @@ def test_checkpoint_of_another_model_is_one_line_naming_the_file(tmp_path, capfd
         load_checkpoint(other, bad)
 
 
-def test_model_weights_use_keras_for_the_same_structure_else_names_with_every_layer_used(
+def test_model_weights_use_keras_for_the_same_structure_else_names_listing_unused(
         files, source, target, target_no_top, monkeypatch):
     """`load_model_weights`: a Keras 3 file of a structurally identical model goes to Keras' own
-    loader; any other file by name, where every layer of the file must be used (Keras' own
-    loader would silently skip the top of a keras.applications file loaded into a backbone)."""
+    loader; any other file by name, and the file's layers the model lacks are listed as unused
+    (Keras' own loader would skip the top of a keras.applications file without a word)."""
     import mobilevision.backbones.weights as weights
 
     by_keras = []
@@ -326,11 +326,16 @@ def test_model_weights_use_keras_for_the_same_structure_else_names_with_every_la
                         lambda model, path: by_keras.append(path) or load_checkpoint(model, path))
     for kind in ("weights_h5", "keras_zip", "legacy_keras2", "unnamed"):
         _zero(target)
-        load_model_weights(target, files[kind])
+        report = load_model_weights(target, files[kind])
         _assert_same_weights(source, target, layer_names_with_weights(target))
+        assert report.loaded == layer_names_with_weights(target) and not report.fresh
+        assert report.matched_by == ("name" if kind == "legacy_keras2" else "save_path")
     assert by_keras == [files["weights_h5"], files["keras_zip"], files["unnamed"]]
-    with pytest.raises(WeightsMismatchError, match="not in the model: predictions"):
-        load_model_weights(target_no_top, files["weights_h5"])
+    _zero(target_no_top)
+    report = load_model_weights(target_no_top, files["weights_h5"])
+    assert report.unused == ["predictions"] and not report.fresh
+    assert "1 of the file's layers unused" in report.summary()
+    _assert_same_weights(source, target_no_top, layer_names_with_weights(target_no_top))
     assert len(by_keras) == 3
 
 
@@ -393,3 +398,243 @@ def test_hdf5_of_unknown_layout(tmp_path, target):
         f["x"] = np.zeros(3)
     with pytest.raises(WeightsFileError, match="data.h5"):
         load_weights_by_name(target, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Fine-tuning: `load_model_weights` between task models of other classes and other tasks.
+# Tiny models (alpha 0.35, 96 px) built as a user's config builds them.
+
+TINY = ["model.input_size=[96,96]", "model.backbone.alpha=0.35"]
+TASK_CONFIGS = {"detection": "shapes_ssdlite.yaml", "classification": "shapes_classifier.yaml",
+                "segmentation": "shapes_deeplabv3.yaml"}
+
+
+def _task_model(task, classes):
+    import mobilevision as mv
+
+    # shapes_deeplabv3 weighs its 6 classes; another class count needs weights of its own.
+    extra = ["train.class_weights=null"] if task == "segmentation" else []
+    cfg = mv.load_config(TASK_CONFIGS[task], TINY + extra + [f"model.num_classes={classes}"])
+    return mv.build_model(cfg)
+
+
+def _by_layer(model):
+    """{weighted layer name: [arrays]} over the model, nested backbone included."""
+    return {u.name: [np.array(v.numpy()) for v in u.variables] for u in _model_units(model)}
+
+
+def _scoped(model, scope):
+    return [u.name for u in _model_units(model) if u.scope == scope]
+
+
+@pytest.fixture(scope="module")
+def task_models(tmp_path_factory):
+    """Source models with random weights (BatchNorm statistics included) saved with
+    `save_weights`, and fresh targets: {key: (model, file or None)}."""
+    d = tmp_path_factory.mktemp("tasks")
+    out = {}
+    for key, task, classes in [("det5", "detection", 5), ("cls5", "classification", 5),
+                               ("seg6", "segmentation", 6)]:
+        model = _task_model(task, classes)
+        _randomize(model, seed=len(out))
+        path = str(d / f"{key}.weights.h5")
+        model.save_weights(path)
+        out[key] = (model, path)
+    for key, task, classes in [("det3", "detection", 3), ("cls3", "classification", 3),
+                               ("seg3", "segmentation", 3)]:
+        out[key] = (_task_model(task, classes), None)
+    return out
+
+
+def _check_load(task_models, source, target):
+    """Load `source`'s file into `target`; check every loaded layer holds the file's values and
+    every fresh layer its own initial values; return the report."""
+    src_model, path = task_models[source]
+    model = task_models[target][0]
+    before, expected = _by_layer(model), _by_layer(src_model)
+    report = load_model_weights(model, path)
+    after = _by_layer(model)
+    assert report.matched_by == "name" and report.model_layers == list(after)
+    assert sorted(report.loaded + [n for n, _ in report.fresh]) == sorted(after)
+    for name in report.loaded:
+        for x, y in zip(after[name], expected[name]):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+    for name, _ in report.fresh:
+        for x, y in zip(after[name], before[name]):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+    return report
+
+
+def test_detector_into_detector_of_other_classes(task_models):
+    report = _check_load(task_models, "det5", "det3")
+    model = task_models["det3"][0]
+    # Only the class predictors depend on the class count: (classes + 1) x anchors outputs.
+    fresh = dict(report.fresh)
+    assert list(fresh) == [f"ssd_class_{i}_conv" for i in range(6)]
+    kernel = tuple(model.get_layer("ssd_class_0_conv").kernel.shape)
+    anchors = kernel[-1] // 4
+    assert fresh["ssd_class_0_conv"] == (f"shape {kernel} in the model, "
+                                         f"{kernel[:-1] + (anchors * 6,)} in the file")
+    assert report.unused == [] and report.missing == []
+    assert set(_scoped(model, "mobilenet_v2")) <= set(report.loaded)
+    assert {"ssd_box_0_conv", "ssd_extra_4_project_BN", "ssd_class_5_depthwise"} <= set(
+        report.loaded)
+
+
+def test_classifier_into_classifier_of_other_classes(task_models):
+    report = _check_load(task_models, "cls5", "cls3")
+    assert report.fresh == [("predictions", "shape (1280, 3) in the model, (1280, 5) in the file")]
+    assert report.loaded == _scoped(task_models["cls3"][0], "mobilenet_v2")
+    assert report.unused == []
+
+
+def test_detector_into_classifier(task_models):
+    report = _check_load(task_models, "det5", "cls3")
+    assert report.loaded == _scoped(task_models["cls3"][0], "mobilenet_v2")
+    assert report.fresh == [("predictions", "not in the file")]
+    assert sorted(report.unused) == sorted(_scoped(task_models["det5"][0], ""))  # the SSD head
+
+
+def test_detector_into_segmenter(task_models):
+    report = _check_load(task_models, "det5", "seg3")
+    seg = task_models["seg3"][0]
+    # The segmenter's backbone stops at its tap, block_16_project: all of it comes from the
+    # detector, whose layers after that are unused.
+    det_backbone = _scoped(task_models["det5"][0], "mobilenet_v2")
+    assert report.loaded == _scoped(seg, "mobilenet_v2") == det_backbone[:-3]
+    assert det_backbone[-3:] == ["block_16_project_BN", "Conv_1", "Conv_1_bn"]
+    assert [n for n, _ in report.fresh] == _scoped(seg, "")
+    assert {r for _, r in report.fresh} == {"not in the file"}
+    assert "logits" in dict(report.fresh) and "aspp0" in dict(report.fresh)
+    assert sorted(report.unused) == sorted(det_backbone[-3:] + _scoped(task_models["det5"][0], ""))
+
+
+def test_segmenter_into_detector(task_models):
+    report = _check_load(task_models, "seg6", "det3")
+    det = task_models["det3"][0]
+    backbone = _scoped(det, "mobilenet_v2")
+    # The segmenter's backbone ends at block_16_project: the detector's last three start fresh.
+    assert report.loaded == backbone[:-3]
+    assert [n for n, _ in report.fresh] == backbone[-3:] + _scoped(det, "")
+    assert sorted(report.unused) == sorted(_scoped(task_models["seg6"][0], ""))
+
+
+def test_classifier_into_detector(task_models):
+    report = _check_load(task_models, "cls5", "det3")
+    det = task_models["det3"][0]
+    assert report.loaded == _scoped(det, "mobilenet_v2")
+    assert [n for n, _ in report.fresh] == _scoped(det, "")
+    assert report.unused == ["predictions"]
+
+
+def test_same_classes_load_exactly_with_keras(task_models):
+    model, path = task_models["det5"]
+    expected = [np.array(v.numpy()) for v in model.weights]
+    _zero(model)
+    report = load_model_weights(model, path)
+    assert report.matched_by == "save_path" and report.fresh == [] and report.unused == []
+    assert report.loaded == layer_names_with_weights(model)
+    for v, x in zip(model.weights, expected):
+        np.testing.assert_array_equal(v.numpy(), x)
+
+
+def test_report_lists_loaded_and_fresh_for_console_and_weights_json(task_models):
+    model, path = task_models["det3"][0], task_models["det5"][1]
+    report = load_model_weights(model, path)
+    summary = report.summary()
+    assert "\n" not in summary
+    assert summary.startswith(f"loaded {len(report.model_layers) - 6} of "
+                              f"{len(report.model_layers)} weighted layers from {path} (by layer "
+                              f"name); 6 started fresh: ssd_class_0_conv, ")
+    text = report.describe()
+    backbone = len(_scoped(model, "mobilenet_v2"))
+    assert f"  loaded  mobilenet_v2: {backbone} of {backbone} layers" in text
+    kernel = tuple(model.get_layer("ssd_class_5_conv").kernel.shape)  # 6 anchors x (3 + 1)
+    assert kernel[-1] == 24
+    assert (f"  fresh   ssd_class_5_conv  shape {kernel} in the model, {kernel[:-1] + (36,)} in "
+            f"the file") in text.splitlines()
+    import json
+
+    data = json.loads(report.to_json())
+    assert data["file"] == path and data["counts"] == {
+        "layers": len(report.model_layers), "loaded": len(report.loaded), "fresh": 6, "unused": 0}
+    entry = next(e for e in data["layers"] if e["layer"] == "ssd_class_5_conv")
+    assert entry == {"layer": "ssd_class_5_conv", "in": "", "status": "fresh", "reason": "shape",
+                     "model_shape": list(kernel), "file_shape": list(kernel[:-1]) + [36]}
+    assert data["layers"][0] == {"layer": "Conv1", "in": "mobilenet_v2", "status": "loaded"}
+
+
+def test_a_file_of_another_backbone_fits_nothing(task_models, tmp_path):
+    v1 = keras.applications.MobileNet(weights=None, include_top=False, alpha=0.25,
+                                      input_shape=SHAPE)
+    path = str(tmp_path / "mobilenet_v1.weights.h5")
+    v1.save_weights(path)
+    model = task_models["det3"][0]
+    before = _by_layer(model)
+    fits_nothing = r"^Weights file .* does not fit model 'mobilenet_v2_ssdlite': it fits nothing"
+    with pytest.raises(WeightsMismatchError, match=fits_nothing) as info:
+        load_model_weights(model, path)
+    assert "conv_dw_1" in str(info.value) and "\n" not in str(info.value)
+    assert info.value.report.loaded == []
+    for name, arrays in _by_layer(model).items():
+        for x, y in zip(arrays, before[name]):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_file_of_another_width_is_another_backbone(task_models, tmp_path):
+    import mobilevision as mv
+
+    wider = mv.build_model(mv.load_config("shapes_classifier.yaml", [
+        "model.input_size=[96,96]", "model.backbone.alpha=0.5", "model.num_classes=3"]))
+    path = str(tmp_path / "cls_0.5.weights.h5")
+    wider.save_weights(path)
+    model = task_models["cls3"][0]
+    before = _by_layer(model)
+    another = (r"its backbone is another \(another width\?\), \d+ backbone layer\(s\) have "
+               r"mismatched shapes: .*block_1_project \(model \(1, 1, 48, 8\), file "
+               r"\(1, 1, 48, 16\)")
+    with pytest.raises(WeightsMismatchError, match=another):
+        load_model_weights(model, path)
+    for name, arrays in _by_layer(model).items():
+        for x, y in zip(arrays, before[name]):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_run_folder_resolves_to_best_else_last_checkpoint(task_models, tmp_path):
+    from mobilevision.backbones.weights import RUN_CHECKPOINTS, resolve_model_weights
+    from mobilevision.tasks.trainer import BEST, LAST
+
+    assert RUN_CHECKPOINTS == (f"checkpoints/{BEST}", f"checkpoints/{LAST}")
+    run = tmp_path / "runs" / "det5"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"det5 is a folder without a checkpoint"):
+        resolve_model_weights(run)
+    shutil.copy(task_models["det5"][1], run / "checkpoints" / LAST)
+    assert resolve_model_weights(run) == str(run / "checkpoints" / LAST)
+    shutil.copy(task_models["cls5"][1], run / "checkpoints" / BEST)
+    assert resolve_model_weights(run) == str(run / "checkpoints" / BEST)
+    report = load_model_weights(task_models["det3"][0], run)  # the best: the classifier's
+    assert report.path == str(run / "checkpoints" / BEST) and report.unused == ["predictions"]
+    with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
+        resolve_model_weights(tmp_path / "nope.weights.h5")
+
+
+def test_config_model_weights_takes_a_run_folder_and_names_its_checkpoint(task_models, tmp_path):
+    from mobilevision.config import ConfigError, load_config
+
+    run = tmp_path / "runs" / "shapes_ssdlite"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"^override 'model\.weights=.*shapes_ssdlite': key "
+                                          r"'model\.weights' names the folder '.*shapes_ssdlite', "
+                                          r"which holds no checkpoint; expected a weights file or "
+                                          r"a run folder holding checkpoints/best\.weights\.h5 or "
+                                          r"checkpoints/last\.weights\.h5$"):
+        load_config("shapes_ssdlite.yaml", [f"model.weights={run}"])
+    shutil.copy(task_models["det5"][1], run / "checkpoints" / "last.weights.h5")
+    cfg = load_config("shapes_ssdlite.yaml", [f"model.weights={run}"])
+    # The resolved config (saved into the new run) names the very file used.
+    assert cfg.model.weights == str(run / "checkpoints" / "last.weights.h5")
+    with pytest.raises(ConfigError, match=r"key 'model\.weights' names '.*nope\.weights\.h5', "
+                                          r"which is not a file; expected a weights file or a run "
+                                          r"folder$"):
+        load_config("shapes_ssdlite.yaml", [f"model.weights={tmp_path / 'nope.weights.h5'}"])
