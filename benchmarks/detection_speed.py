@@ -609,7 +609,9 @@ def run(args) -> dict:
     from mobilevision.utils import set_seed
 
     b, s = args.batch_size, args.size
-    base = [*(QUICK_OVERRIDES if args.quick else []), *args.overrides,
+    # Random weights: speed does not depend on them, and nothing downloads.
+    base = ["model.backbone.weights=null", *(QUICK_OVERRIDES if args.quick else []),
+            *args.overrides,
             f"model.input_size=[{s}, {s}]", f"train.batch_size={b}"]
     cfgs = {p: mv.load_config(args.config, [*base, f"train.precision={p}"]) for p in args.precisions}
     primary = args.precisions[0]

@@ -214,7 +214,8 @@ def run_task(task: str, args, tmp: Path, log) -> dict:
     if masks:
         cost["label_maps"] = verification_cost("label", masks)
 
-    common = [*overrides, "data.synthetic=null", f"data.root={root}", "data.train_split=train",
+    common = [*overrides, "model.backbone.weights=null", "data.synthetic=null", f"data.root={root}",
+              "data.train_split=train",
               f"train.batch_size={args.batch_size}", *args.overrides]
     datasets, cfg, model = {}, None, None
     for mode in ("ours", "python"):

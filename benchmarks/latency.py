@@ -61,8 +61,8 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    apply_defaults, check_counts, device_description, make_log, run_benchmark, utc_timestamp,
-    versions)
+    apply_defaults, check_counts, device_description, make_log, run_benchmark, time_calls,
+    utc_timestamp, versions)
 
 TASK_CONFIGS = {"classification": "imagenet_mobilenetv2.yaml", "detection": "coco_ssdlite.yaml",
                 "segmentation": "voc_deeplabv3.yaml"}
@@ -250,16 +250,9 @@ class TimedFile:
         self.runs_ms, self.repeat_medians_ms = [], []
 
     def time(self, runs: int, warmup: int) -> None:
-        invoke = self.interpreter.invoke
-        for _ in range(warmup):
-            invoke()
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            invoke()
-            times.append(1000 * (time.perf_counter() - t))
-        self.runs_ms += times
-        self.repeat_medians_ms.append(statistics.median(times))
+        timed = time_calls(self.interpreter.invoke, runs, warmup)
+        self.runs_ms += timed["runs_ms"]
+        self.repeat_medians_ms.append(timed["median_ms"])
 
 
 def summary(runs_ms: list, repeat_medians_ms: list, madds: int) -> dict:
@@ -311,14 +304,7 @@ def keras_calls(model, size, seed: int):
 
 
 def time_keras(fn, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - t))
-    return times
+    return time_calls(fn, runs, warmup)["runs_ms"]
 
 
 # Report -----------------------------------------------------------------------------------------

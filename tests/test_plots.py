@@ -141,18 +141,18 @@ def test_per_class_table_has_a_column_per_metric_and_the_mean():
     assert per_class_table({"top1": 0.9}) is None
 
 
-class _Task:
-    """A stand-in with the data of a detector: `data_summary` per split."""
+class _Source:
+    """A stand-in data source with the data of a detector: `summary` per split."""
 
     def __init__(self, summaries):
         self.summaries = summaries
 
-    def data_summary(self, split):
+    def summary(self, split):
         return self.summaries[split]
 
 
 def test_data_report_warns_of_a_class_without_training_examples():
-    report = data_report(_Task({
+    report = data_report(_Source({
         "train": {"images": 3, "objects": 4, "objects_per_class": {"cat": 4, "dog": 0},
                   "images_without_objects": 1, "dropped_boxes": {"outside the image": 2},
                   "clipped_boxes": 1, "skipped_files": {"x.jpg": "empty file (0 bytes)"}},

@@ -30,6 +30,7 @@ def _benchmark():
 
 def _config(size=128):
     return mv.load_config("coco_ssdlite.yaml", ["model.backbone.alpha=0.35",
+                                                "model.backbone.weights=null",
                                                 f"model.input_size=[{size},{size}]",
                                                 "train.batch_size=2"])
 

@@ -35,6 +35,8 @@ import keras
 
 from mobilevision.backbones import BACKBONES
 from mobilevision.backbones.weights import (
+    IMAGENET,
+    LoadReport,
     WeightsFileError,
     WeightsMismatchError,
     load_weights_by_name,
@@ -185,3 +187,49 @@ def _sha256(path: str) -> str:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
+
+
+def load_backbone_weights(model, weights, *, backbone: str = "mobilenet_v2", alpha: float = 1.0,
+                          input_size=None) -> LoadReport:
+    """Load `model.backbone.weights` into the backbone `model`, by layer name.
+
+    Args:
+      model: the backbone (`BACKBONES[backbone].build(...)`), possibly truncated after its taps.
+      weights: "imagenet" (keras.applications' published file for `alpha` and `input_size`,
+        downloaded once into Keras' cache and checked, `mobilevision.backbones.imagenet`) or the
+        path of a weights file; a file with layers the backbone lacks (a classifier top, the
+        layers after a truncated backbone's last tap) is fine.
+      backbone: the backbone's name in `BACKBONES`.
+      alpha: its width multiplier.
+      input_size: (height, width); default the model's input size.
+
+    Returns:
+      A `LoadReport`; for ImageNet weights with `source` (the URL), `sha256` and `note` (which
+      file stood in for an input size Keras publishes none for).
+
+    Raises:
+      FileNotFoundError, WeightsFileError, WeightsMismatchError: a named file that is missing,
+        unreadable or does not fit. WeightsFileError: ImageNet weights that cannot be downloaded
+        or fail the check (one line saying where to put the file by hand). ValueError: no
+        published ImageNet weights for this backbone or width.
+    """
+    if weights != IMAGENET:
+        return load_weights_by_name(model, weights, allow_unused=True)
+    size = input_size if input_size is not None else tuple(model.input_shape[1:3])
+    fetched = fetch_imagenet_weights(backbone, alpha, size)
+    try:
+        report = load_weights_by_name(model, fetched.path, allow_unused=True)
+    except (WeightsFileError, WeightsMismatchError) as e:
+        detail = " ".join(str(e).split())[:300]
+        if fetched.downloaded:  # checked whole a moment ago: the model is not of that width
+            raise WeightsMismatchError(
+                f"backbone '{model.name}' is not {backbone} alpha {alpha:g}, whose ImageNet "
+                f"weights {fetched.path} were asked for: {detail}") from None
+        # A download is checked whole before it is kept, so this file was put there by hand
+        # (or by another program): not ours to delete.
+        raise WeightsFileError(
+            f"cached ImageNet weights {fetched.path} do not fit backbone '{model.name}' "
+            f"({detail}); delete the file to download it again from {fetched.url}, or put the "
+            f"right file there by hand") from None
+    report.source, report.sha256, report.note = fetched.url, fetched.sha256, fetched.note
+    return report

@@ -10,8 +10,8 @@ layer name.
 - `load_model_weights(model, path)` (`model.weights=FILE`, `--weights FILE`): the first for a
   Keras 3 file of a structurally identical model; else by layer name, every layer whose shape
   fits, the rest started fresh (fine-tuning on other classes, or from another task's model).
-- `load_backbone_weights(model, weights, ...)` (`model.backbone.weights`): `imagenet`
-  (keras.applications' file, see `mobilevision.backbones.imagenet`) or a file, by layer name.
+- `imagenet.load_backbone_weights(model, weights, ...)` (`model.backbone.weights`): `imagenet`
+  (keras.applications' file) or a file, by layer name; it lives beside the download it needs.
 - `resolve_model_weights(path)`: a weights file, or a run folder's best, else last checkpoint.
 
 The loaders but `load_checkpoint` return a `LoadReport`: per layer, loaded or started fresh and
@@ -57,7 +57,6 @@ __all__ = [
     "WeightsFileError",
     "WeightsMismatchError",
     "layer_names_with_weights",
-    "load_backbone_weights",
     "load_checkpoint",
     "load_model_weights",
     "load_weights_by_name",
@@ -778,52 +777,4 @@ def load_model_weights(model, path) -> LoadReport:
                 f"{_described(clash)}; only the head's layers may differ", report)
         values = _read_values(good)
     _assign(values)
-    return report
-
-
-def load_backbone_weights(model, weights, *, backbone: str = "mobilenet_v2", alpha: float = 1.0,
-                          input_size=None) -> LoadReport:
-    """Load `model.backbone.weights` into the backbone `model`, by layer name.
-
-    Args:
-      model: the backbone (`BACKBONES[backbone].build(...)`), possibly truncated after its taps.
-      weights: "imagenet" (keras.applications' published file for `alpha` and `input_size`,
-        downloaded once into Keras' cache and checked, `mobilevision.backbones.imagenet`) or the
-        path of a weights file; a file with layers the backbone lacks (a classifier top, the
-        layers after a truncated backbone's last tap) is fine.
-      backbone: the backbone's name in `BACKBONES`.
-      alpha: its width multiplier.
-      input_size: (height, width); default the model's input size.
-
-    Returns:
-      A `LoadReport`; for ImageNet weights with `source` (the URL), `sha256` and `note` (which
-      file stood in for an input size Keras publishes none for).
-
-    Raises:
-      FileNotFoundError, WeightsFileError, WeightsMismatchError: a named file that is missing,
-        unreadable or does not fit. WeightsFileError: ImageNet weights that cannot be downloaded
-        or fail the check (one line saying where to put the file by hand). ValueError: no
-        published ImageNet weights for this backbone or width.
-    """
-    if weights != IMAGENET:
-        return load_weights_by_name(model, weights, allow_unused=True)
-    from mobilevision.backbones.imagenet import fetch_imagenet_weights
-
-    size = input_size if input_size is not None else tuple(model.input_shape[1:3])
-    fetched = fetch_imagenet_weights(backbone, alpha, size)
-    try:
-        report = load_weights_by_name(model, fetched.path, allow_unused=True)
-    except (WeightsFileError, WeightsMismatchError) as e:
-        detail = " ".join(str(e).split())[:300]
-        if fetched.downloaded:  # checked whole a moment ago: the model is not of that width
-            raise WeightsMismatchError(
-                f"backbone '{model.name}' is not {backbone} alpha {alpha:g}, whose ImageNet "
-                f"weights {fetched.path} were asked for: {detail}") from None
-        # A download is checked whole before it is kept, so this file was put there by hand
-        # (or by another program): not ours to delete.
-        raise WeightsFileError(
-            f"cached ImageNet weights {fetched.path} do not fit backbone '{model.name}' "
-            f"({detail}); delete the file to download it again from {fetched.url}, or put the "
-            f"right file there by hand") from None
-    report.source, report.sha256, report.note = fetched.url, fetched.sha256, fetched.note
     return report

@@ -9,13 +9,16 @@ TASKS = {t.name: t for t in (classification.TASK, detection.TASK, segmentation.T
 
 def build_model(cfg, input_size=None):
     """The task model of `cfg` (uncompiled, with its decoder), `model.weights` loaded if set:
-    a Keras 3 file of this same model with Keras' own loader, any other file by layer name
-    (`load_model_weights`). input_size: (H, W), default `model.input_size`."""
+    a Keras 3 file of this same model with Keras' own loader, any other model's file (other
+    classes, another task: fine-tuning) by layer name, every layer whose shape fits loaded and
+    the rest started fresh (`load_model_weights`). What was loaded: `base.weights_report(model)`.
+    input_size: (H, W), default `model.input_size`."""
     model = TASKS[cfg.task].build(cfg, input_size)
     if cfg.model.weights:
         from mobilevision.backbones.weights import load_model_weights
 
-        load_model_weights(model, cfg.model.weights)
+        report = load_model_weights(model, cfg.model.weights)
+        object.__setattr__(model, "weights_report", report)
     return model
 
 

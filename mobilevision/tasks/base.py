@@ -54,11 +54,26 @@ def build_backbone(cfg, taps=None, input_size=None) -> keras.Model:
                                     bn_momentum=b.bn_momentum,
                                     weight_decay=kernel_weight_decay(cfg))
     if b.weights:
-        from mobilevision.backbones.weights import load_weights_by_name
+        from mobilevision.backbones.imagenet import load_backbone_weights
 
-        load_weights_by_name(model, b.weights, allow_unused=True)
+        # "imagenet" (Keras' published file, fetched once into Keras' cache) or a file.
+        report = load_backbone_weights(model, b.weights, backbone=b.name, alpha=b.alpha)
+        object.__setattr__(model, "weights_report", report)  # read by `weights_report`
     model.trainable = b.trainable
     return model
+
+
+def weights_report(model):
+    """What loading weights into `model` (a task model from `tasks.build_model`) loaded and
+    started fresh, by layer (`backbones.weights.LoadReport`): the `model.weights` file's, else
+    the backbone's `model.backbone.weights`; None when neither was set."""
+    found = getattr(model, "weights_report", None)
+    if found is not None:
+        return found
+    for layer in model.layers:
+        if getattr(layer, "weights_report", None) is not None:
+            return layer.weights_report
+    return None
 
 
 class DecodingModel(keras.Model):

@@ -42,6 +42,11 @@ class SSDDecoder:
         self.max_detections = int(max_detections)
         self.map_sizes = [tuple(s) for s in map_sizes]
 
+    def get_config(self) -> dict:
+        return {"anchors": self.anchors.tolist(), "activation": self.activation,
+                "iou_threshold": self.iou_threshold, "score_threshold": self.score_threshold,
+                "max_detections": self.max_detections, "map_sizes": self.map_sizes}
+
     def class_probabilities(self, logits):
         """(N, A, K+1) logits -> probabilities as trained (column 0: background)."""
         if self.activation == "sigmoid":
@@ -87,6 +92,17 @@ class SSDModel(DecodingModel):
 
     def decode(self, raw):
         return self.decoder(raw)
+
+    def get_config(self):
+        return {**super().get_config(), "decoder": self.decoder.get_config()}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        decoder = config.pop("decoder")
+        model = super().from_config(config, custom_objects)
+        model.decoder = SSDDecoder(**decoder)
+        return model
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = self.ssd_loss(y, y_pred, sample_weight)

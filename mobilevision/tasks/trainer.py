@@ -7,6 +7,8 @@
     runs/<name>/metrics.csv              one row per epoch (column `epoch` counts from 1)
     runs/<name>/logs/                    TensorBoard
     runs/<name>/data.json                the data report, written before training
+    runs/<name>/weights.json             with model.weights or model.backbone.weights: each
+                                         layer loaded from the file or started fresh
     runs/<name>/eval.json                metrics of the best checkpoint on the validation split
     runs/<name>/plots/curves.png         loss and metric curves, redrawn at each evaluation
     runs/<name>/plots/*.png              the best checkpoint's evaluation (mobilevision.plots):
@@ -253,6 +255,7 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     from mobilevision.backbones.weights import load_checkpoint
     from mobilevision.data.sources import source_for
     from mobilevision.tasks import TASKS, build_model
+    from mobilevision.tasks.base import weights_report
     from mobilevision.tasks import distribute as dist
     from mobilevision.workarounds import patch_fit
 
@@ -301,6 +304,11 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         model = build_model(cfg)
     train_ds, n_train = _training_data(source, model, strategy)
     names = source.class_names
+    report = weights_report(model)
+    if chief and report is not None and not (resume and last.exists()):
+        # Fine-tuning or ImageNet weights: which layers came from the file, which start fresh.
+        print(report.describe())
+        atomic_write_text(run / "weights.json", report.to_json())
     if chief:
         atomic_write_text(run / "labels.txt", "\n".join(names) + "\n")
         from mobilevision.report import write_data_report
@@ -342,6 +350,10 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
 
     guard = NaNGuard()
     callbacks = [guard]
+    if cfg.train.freeze_backbone_epochs:  # every worker: it changes what the step trains
+        from mobilevision.freeze import FreezeBackbone
+
+        callbacks.append(FreezeBackbone(cfg.train.freeze_backbone_epochs))
     if chief:  # the other workers train in step with it but write nothing
         callbacks += [
             EvalCallback(task, local, cfg, names),

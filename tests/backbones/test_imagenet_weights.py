@@ -22,13 +22,10 @@ import keras
 from keras.src.legacy.saving import legacy_h5_format
 
 from mobilevision.backbones import imagenet
-from mobilevision.backbones.imagenet import ENV_URL, fetch_imagenet_weights, imagenet_file
+from mobilevision.backbones.imagenet import (ENV_URL, fetch_imagenet_weights, imagenet_file,
+                                             load_backbone_weights)
 from mobilevision.backbones.mobilenet_v2 import IMAGENET_BASE_URL, mobilenet_v2
-from mobilevision.backbones.weights import (
-    WeightsFileError,
-    WeightsMismatchError,
-    load_backbone_weights,
-)
+from mobilevision.backbones.weights import WeightsFileError, WeightsMismatchError
 from mobilevision.config import SCHEMA, ConfigError, Field, load_config
 
 ALPHA = 0.35
@@ -273,10 +270,10 @@ def test_config_accepts_imagenet_without_downloading_and_refuses_what_keras_lack
     monkeypatch.setenv(ENV_URL, "http://127.0.0.1:9/")  # nothing listens; nothing may call it
     cfg = load_config("shapes_ssdlite.yaml", ["model.backbone.weights=imagenet"])
     assert cfg.model.backbone.weights == "imagenet"
-    with pytest.raises(ConfigError, match=r"override 'model\.backbone\.weights=imagnet': key "
-                                          r"'model\.backbone\.weights' names 'imagnet', which is "
-                                          r"not a file; expected 'imagenet' or a weights file; did "
-                                          r"you mean 'imagenet'\?"):
+    typo = (r"override 'model\.backbone\.weights=imagnet': key 'model\.backbone\.weights' names "
+            r"'imagnet', which is not a file; expected 'imagenet' or a weights file; did you "
+            r"mean 'imagenet'\?")
+    with pytest.raises(ConfigError, match=typo):
         load_config("shapes_ssdlite.yaml", ["model.backbone.weights=imagnet"])
     with pytest.raises(ConfigError, match=r"key 'model\.weights' names 'imagenet', which is not a "
                                           r"file; .*did you mean 'model\.backbone\.weights'\?"):

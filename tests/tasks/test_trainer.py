@@ -289,3 +289,45 @@ def test_too_little_free_space_fails_before_training(shapes_folders, tiny_overri
         train(cfg, output=tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_fine_tuning_a_run_on_other_classes_lists_what_loaded_and_freezes(
+        trained_run, shapes_folders, tiny_overrides, tmp_path, capsys):
+    """A user's own three classes, starting from the five-class run (`model.weights` names the
+    run folder): every layer but the classifier's `predictions` loads, the console and
+    weights.json say so by layer, and with train.freeze_backbone_epochs=1 the backbone stays
+    as loaded through the first epoch and trains in the second."""
+    import shutil
+
+    import numpy as np
+
+    from mobilevision.tasks.base import weights_report
+
+    _, run, _ = trained_run
+    data = tmp_path / "three"
+    for split in ("train", "val"):
+        for name in ("circle", "square", "star"):
+            shutil.copytree(shapes_folders / split / name, data / split / name)
+    out = tmp_path / "fine"
+    overrides = tiny_overrides(data, **{"model.num_classes": 3, "model.weights": str(run),
+                                        "data.synthetic": "null",
+                                        "train.freeze_backbone_epochs": 1, "train.epochs": 2,
+                                        "train.steps_per_epoch": 2})
+    cfg = mv.load_config("shapes_classifier.yaml", overrides)
+    before = build_model(cfg)
+    report = weights_report(before)
+    fresh = [entry[0] for entry in report.fresh]
+    assert fresh == ["predictions"] and len(report.loaded) > 100
+    capsys.readouterr()
+    train(cfg, output=out)
+    console = capsys.readouterr().out
+    assert "1 started fresh: predictions" in console
+    listing = json.loads((out / "weights.json").read_text())
+    assert "predictions" in json.dumps(listing) and str(run) in json.dumps(listing)
+
+    def backbone_kernel(model):
+        return np.array(model.get_layer("mobilenet_v2").get_layer("Conv1").kernel)
+
+    last = build_model(mv.load_config(out / "config.yaml", ["model.weights=null"]))
+    load_checkpoint(last, out / "checkpoints" / "last.weights.h5")
+    assert not np.array_equal(backbone_kernel(last), backbone_kernel(before))  # trained in epoch 2
