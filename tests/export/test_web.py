@@ -34,7 +34,8 @@ import pytest
 
 from mobilevision.export.formats import ExportError
 from mobilevision.export.web import MEDIAPIPE_VERSION, find_runtime, write_web_page
-from mobilevision.export.web.browser import INSTALL_HINT, Chromium, find_chromium, serve
+from mobilevision.export.web.browser import (INSTALL_HINT, Chromium, find_chromium,
+                                             save_screenshot, serve)
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("float32", "int8")
@@ -60,7 +61,7 @@ def _missing() -> str | None:
     except ExportError:
         package = None
     if package is None:
-        lacks.append(f"@mediapipe/tasks-vision {MEDIAPIPE_VERSION} (npm install, in {ROOT})")
+        lacks.append(f"@mediapipe/tasks-vision {MEDIAPIPE_VERSION} (npm ci, in {ROOT})")
     return ("web page tests need " + " and ".join(lacks)) if lacks else None
 
 
@@ -690,7 +691,8 @@ def test_page_without_local_runtime_uses_the_pinned_cdn(pages, tmp_path, monkeyp
 def test_screenshot(pages, browser, task, tmp_path):
     """The page as a user first sees it (its first sample run), saved as a PNG under 300 kB."""
     out = Path(os.environ.get("MOBILEVISION_WEB_SCREENSHOTS") or tmp_path)
-    path = save_screenshot(browser, pages[task]["dir"], out / f"web_{task}.png")
+    with serve(pages[task]["dir"]) as url:
+        path = save_screenshot(browser, f"{url}/index.html", out / f"web_{task}.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) <= SCREENSHOT_BYTES, len(data)
     width, height = struct.unpack(">II", data[16:24])
@@ -701,26 +703,9 @@ def test_screenshot(pages, browser, task, tmp_path):
         assert len(im.getcolors(256)) > 64
 
 
-def save_screenshot(browser, folder: Path, path: Path) -> Path:
-    """Open the page in `folder`, wait for its first sample's result, and save the viewport as
-    a 256-colour PNG (a quarter of full colour's size)."""
-    import io
-
-    from PIL import Image
-
-    with serve(folder) as url:
-        page = browser.new_page(1100, 720)
-        page.goto(f"{url}/index.html")
-        page.wait_for("document.getElementById('results').textContent.length > 0")
-        png = page.screenshot()
-        page.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.open(io.BytesIO(png)).convert("RGB").quantize(256).save(path, optimize=True)
-    return path
-
-
 # The writer --------------------------------------------------------------------------------------
 
+@needs_browser  # the fixture's pages need the npm package
 def test_writer_refuses_what_does_not_fit(pages, tmp_path):
     p = pages["classification"]
     models, labels = p["models"], p["labels"]
@@ -750,6 +735,15 @@ def test_writer_refuses_what_does_not_fit(pages, tmp_path):
     assert not (tmp_path / "index.html").exists()  # nothing half-written points anywhere
 
 
+def test_package_json_pins_the_page_version():
+    """The npm install that CI and the tests use is the version the page is written for."""
+    package = json.loads((ROOT / "package.json").read_text())
+    assert package["dependencies"] == {"@mediapipe/tasks-vision": MEDIAPIPE_VERSION}
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    assert lock["packages"]["node_modules/@mediapipe/tasks-vision"]["version"] == MEDIAPIPE_VERSION
+
+
+@needs_browser
 def test_writer_writes_a_self_contained_folder(pages):
     p = pages["detection"]
     info = p["info"]
