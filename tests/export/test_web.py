@@ -1,24 +1,29 @@
 """The web page (`mobilevision/export/web`) in a real browser: Debian's headless Chromium, driven
 over its DevTools protocol, on the exported folder served from 127.0.0.1.
 
+- The page prepares each image as `predict` does, to the bit (`predict_input`).
 - Each task's page, float32 and int8, gives on every sample what LiteRT gives in Python on the
-  same file with `predict`'s preprocessing (`litert_predict`): the same detections (class, box
-  within 2 px, score within 0.01), the same label map on at least 99% of the pixels, the same
-  top-1 class with scores within 0.01.
+  same file and input (`litert_predict`): the same detections (class, box within 2 px, score
+  within 0.01), the same label map on at least 99% of the pixels, the same top-1 class with
+  scores within 0.01.
 - The camera path, fed by Chromium's fake camera from a clip of validation images, processes
   frames and shows their detections.
-- Bad input (a file that is not an image, a missing one, a model that does not load, the camera
-  denied, MediaPipe unreachable) shows a one-line message and the page keeps working.
+- Bad input (a file that is not an image, a missing one, a model that does not load, no camera,
+  the camera denied, MediaPipe unreachable) shows a one-line message and the page keeps working.
 - A screenshot of each task's page (to $MOBILEVISION_WEB_SCREENSHOTS when set, e.g. docs/).
 
 The models are small (MobileNetV2 0.35, 64-96 px) with random weights, exported by
-`scripts/export.py`. A random head answers the same class everywhere (its class offsets outweigh
-what the image changes), which no comparison could tell from a broken page, so the weighted
-layers that compute the class outputs are centred and scaled on training images first
-(`_sharpen`): the answers then vary over the image and between images, as a trained model's.
+`scripts/export.py` (kept in pytest's cache while the code that makes them is unchanged). A
+random head answers the same class everywhere (its class offsets outweigh what the image
+changes), which no comparison could tell from a broken page, so the weighted layers that compute
+the class outputs are centred and scaled on training images first (`_sharpen`): the answers then
+vary over the image and between images. Such a model answers differently to an input one level
+apart in a few pixels (an int8 file by up to 0.08 in a probability, measured), far more than a
+trained one: the page must hand MediaPipe exactly predict's 8-bit input, and the reference feeds
+the file the same.
 
 Needs Chromium and the pinned `@mediapipe/tasks-vision` (package.json at the repository root);
-without them the browser tests skip, saying how to install them.
+without them the tests skip, saying how to install them.
 """
 
 import json

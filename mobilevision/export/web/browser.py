@@ -20,6 +20,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -95,7 +96,11 @@ class Chromium:
         self._closed = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.version = self.send("Browser.getVersion")["product"]
+        try:
+            self.version = self.send("Browser.getVersion")["product"]
+        except BrowserError:
+            self.close()
+            raise
 
     # -- protocol ----------------------------------------------------------------------------------
 
@@ -193,12 +198,12 @@ class Chromium:
                 pass
             try:
                 self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            except subprocess.TimeoutExpired:  # its whole process group: renderers, GPU process
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        for fd in (self._to_browser,):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(self._to_browser)
         self._reader.join(5)
         with contextlib.suppress(OSError):
             os.close(self._from_browser)
