@@ -635,7 +635,8 @@
     const items = [];
     config.labels.forEach((name, v) => {
       if (v > 0 && name in classes) {
-        items.push(listItem(v, name, `${(classes[name] * 100).toFixed(1)}%`, classes[name]));
+        const share = classes[name] < 0.001 ? "<0.1%" : `${(classes[name] * 100).toFixed(1)}%`;
+        items.push(listItem(v, name, share, classes[name]));
       }
     });
     setSummary("classes in the image", items, "background only");
