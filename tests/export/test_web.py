@@ -329,7 +329,7 @@ def _source_key(*extra: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def exported(request, randomize_batchnorm):
+def exported(request, tmp_path_factory, randomize_batchnorm):
     """{task: {"models": {variant: path}, "labels", "data": data root}}: each task's random
     model exported by `scripts/export.py` (float32 and int8; the three exports run side by side,
     about 2 minutes on 2 idle cores).
@@ -342,7 +342,10 @@ def exported(request, randomize_batchnorm):
 
     key = _source_key(repr(CASES), repr(DATA), inspect.getsource(_sharpen),
                       inspect.getsource(_random_weights))
-    cache = Path(request.config.cache.mkdir("mobilevision_web_models"))
+    if getattr(request.config, "cache", None) is not None:
+        cache = Path(request.config.cache.mkdir("mobilevision_web_models"))
+    else:  # pytest -p no:cacheprovider: made anew, in this run's temporary folder
+        cache = tmp_path_factory.mktemp("mobilevision_web_models")
     folder = cache / key
     if not (folder / "done").exists():
         build = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
