@@ -21,7 +21,7 @@
   const DISPLAY_MIN_SIDE = 512; // smaller images are enlarged (nearest) to draw on, as plots.py
   const MAX_DETECTOR_SIDE = 4096; // the largest image handed to the detector
   const OVERLAY_ALPHA = 0.6; // plots.overlay_mask's
-  const PAD_VALUE = 128; // segmentation padding: predict pads with 127.5, a uint8 file sees 128
+  const PAD_VALUE = 127.5; // segmentation's padding, predict's (128 once rounded, as a uint8 file)
   const MAX_LISTED = 20; // detections listed beside the image
 
   const state = {
@@ -125,20 +125,25 @@
     return state.runners[variant];
   }
 
-  // -- preprocessing: what predict does, to the bit ---------------------------------------------
+  // -- preprocessing: what predict does ----------------------------------------------------------
   //
-  // The files answer differently to an input one level apart in a few pixels (an int8 file
-  // especially, and a random test model by much), so each resize below repeats the arithmetic
-  // of the one predict uses: TensorFlow's float32 kernels (Math.fround after every operation)
-  // and OpenCV's fixed-point one. Every result is rounded to 8 bits half to even (what a
-  // Uint8ClampedArray does on assignment, and numpy's round), the pixels MediaPipe is handed.
+  // predict (mobilevision/inference.py, ops/resize.py) resizes in float32: bilinear with
+  // half-pixel centres (OpenCV's INTER_LINEAR), and for a classifier's downscaling TensorFlow's
+  // antialiased triangle weights. The page repeats that arithmetic in float32 (Math.fround after
+  // every operation) and rounds the result to 8 bits half to even (what a Uint8ClampedArray does
+  // on assignment, as numpy's round): the pixels MediaPipe is handed are predict's, rounded. (The
+  // files answer differently to an input one level apart in a few pixels, an int8 file and a
+  // random test model by much; OpenCV's IPP kernels round their last bits their own way, so
+  // where predict's value lies within about 1e-3 of a half, a few pixels in ten thousand, the
+  // page may round it the other way.)
 
   const f32 = Math.fround;
 
-  // tf.image.resize(image, (dh, dw)) (bilinear, half-pixel centres, no antialiasing): TensorFlow's
-  // ResizeBilinear kernel. src: RGBA bytes of sw x sh -> RGB float32 of dw x dh.
-  function resizeBilinearTF(src, sw, sh, dw, dh) {
-    const xs = bilinearAxisTF(sw, dw), ys = bilinearAxisTF(sh, dh);
+  // Bilinear resize, half-pixel centres, the edge pixel repeated past the border, no
+  // antialiasing (OpenCV's INTER_LINEAR; TensorFlow's ResizeBilinear, whose float32 steps these
+  // are). src: RGBA bytes of sw x sh -> RGB float32 of dw x dh.
+  function resizeBilinear(src, sw, sh, dw, dh) {
+    const xs = bilinearAxis(sw, dw), ys = bilinearAxis(sh, dh);
     const out = new Float32Array(dw * dh * 3);
     for (let y = 0; y < dh; y++) {
       const r0 = ys.lo[y] * sw, r1 = ys.hi[y] * sw, fy = ys.f[y];
@@ -156,7 +161,7 @@
     return out;
   }
 
-  function bilinearAxisTF(inSize, outSize) { // compute_interpolation_weights, HalfPixelScaler
+  function bilinearAxis(inSize, outSize) { // TF's compute_interpolation_weights
     const scale = f32(inSize / outSize);
     const lo = new Int32Array(outSize), hi = new Int32Array(outSize), f = new Float32Array(outSize);
     for (let o = 0; o < outSize; o++) {
@@ -236,53 +241,6 @@
     return spans;
   }
 
-  // cv2.resize(image, (dw, dh), interpolation=cv2.INTER_LINEAR) on uint8 pixels: OpenCV's fixed
-  // point (11-bit coefficients, rounded), horizontal sums, then its vectorized vertical step
-  // ((((S0 >> 4) * b0) >> 16) + (((S1 >> 4) * b1) >> 16) + 2) >> 2 (the x86 build predict runs
-  // on; measured equal to it on every size tried). -> RGB bytes of dw x dh.
-  function resizeLinearCV(src, sw, sh, dw, dh) {
-    const xs = linearAxisCV(sw, dw, true), ys = linearAxisCV(sh, dh, false);
-    const rows = new Int32Array(sh * dw * 3);
-    for (let y = 0; y < sh; y++) {
-      for (let x = 0; x < dw; x++) {
-        const a = (y * sw + xs.lo[x]) * 4, b = (y * sw + xs.hi[x]) * 4, o = (y * dw + x) * 3;
-        for (let ch = 0; ch < 3; ch++) {
-          rows[o + ch] = src[a + ch] * xs.w0[x] + src[b + ch] * xs.w1[x];
-        }
-      }
-    }
-    const out = new Uint8ClampedArray(dw * dh * 3);
-    for (let y = 0; y < dh; y++) {
-      const r0 = ys.lo[y] * dw * 3, r1 = ys.hi[y] * dw * 3, b0 = ys.w0[y], b1 = ys.w1[y];
-      for (let i = 0; i < dw * 3; i++) {
-        const v = (Math.floor((rows[r0 + i] >> 4) * b0 / 65536) +
-                   Math.floor((rows[r1 + i] >> 4) * b1 / 65536) + 2) >> 2;
-        out[y * dw * 3 + i] = v;
-      }
-    }
-    return out;
-  }
-
-  // Columns past an edge take the edge pixel alone (weight 0 on the other); rows past an edge
-  // keep their weights on the edge row twice (clampWeights false), as OpenCV does.
-  function linearAxisCV(inSize, outSize, clampWeights) {
-    const scale = 1 / (outSize / inSize);
-    const lo = new Int32Array(outSize), hi = new Int32Array(outSize);
-    const w0 = new Int32Array(outSize), w1 = new Int32Array(outSize);
-    for (let o = 0; o < outSize; o++) {
-      let pos = f32((o + 0.5) * scale - 0.5);
-      let base = Math.floor(pos);
-      pos = f32(pos - base);
-      if (clampWeights && base < 0) { pos = 0; base = 0; }
-      if (clampWeights && base >= inSize - 1) { pos = 0; base = inSize - 1; }
-      lo[o] = Math.min(Math.max(base, 0), inSize - 1);
-      hi[o] = Math.min(Math.max(base + 1, 0), inSize - 1);
-      w0[o] = roundHalfEven(f32(f32(1 - pos) * 2048));
-      w1[o] = roundHalfEven(f32(pos * 2048));
-    }
-    return { lo, hi, w0, w1 };
-  }
-
   // Source index pairs and weights along one axis, half-pixel centres, clamped at the edges (as
   // OpenCV's INTER_LINEAR on floats): for the segmenter's probabilities.
   function linearAxis(inSize, outSize) {
@@ -319,7 +277,7 @@
   // inside a block of equal pixels), k chosen so that one of its pixels is at most half a pixel
   // of the original image.
   function prepareDetection(img) {
-    const rgb = resizeBilinearTF(img.data, img.width, img.height, IN_W, IN_H);
+    const rgb = resizeBilinear(img.data, img.width, img.height, IN_W, IN_H);
     const want = Math.ceil(2 * Math.max(img.width / IN_W, img.height / IN_H));
     const k = Math.max(1, Math.min(want, Math.floor(MAX_DETECTOR_SIDE / Math.max(IN_W, IN_H))));
     return toImageData(rgb, IN_W, IN_H, k);
@@ -338,28 +296,28 @@
     return toImageData(resizeAntialiasTF(img.data, img.width, box, IN_W, IN_H), IN_W, IN_H);
   }
 
-  // Segmentation: fitted into the input keeping its aspect (cv2 bilinear; an image of the
-  // input's size as it is), at the top left, the rest grey. Returns the input and the size of
-  // the image's part (nh, nw).
+  // Segmentation: fitted into the input keeping its aspect (bilinear; an image of that size as
+  // it is), at the top left, the rest grey. Returns the input and the size of the image's part
+  // (nh, nw).
   function prepareSegmentation(img) {
     const s = Math.min(IN_H / img.height, IN_W / img.width);
     const nh = Math.min(Math.max(1, roundHalfEven(img.height * s)), IN_H);
     const nw = Math.min(Math.max(1, roundHalfEven(img.width * s)), IN_W);
     let fitted;
     if (nh === img.height && nw === img.width) {
-      fitted = new Uint8ClampedArray(nw * nh * 3);
+      fitted = new Float32Array(nw * nh * 3);
       for (let i = 0; i < nw * nh; i++) fitted.set(img.data.subarray(4 * i, 4 * i + 3), 3 * i);
     } else {
-      fitted = resizeLinearCV(img.data, img.width, img.height, nw, nh);
+      fitted = resizeBilinear(img.data, img.width, img.height, nw, nh);
     }
-    const rgb = new Uint8ClampedArray(IN_W * IN_H * 3).fill(PAD_VALUE);
+    const rgb = new Float32Array(IN_W * IN_H * 3).fill(PAD_VALUE);
     for (let y = 0; y < nh; y++) {
       rgb.set(fitted.subarray(y * nw * 3, (y + 1) * nw * 3), y * IN_W * 3);
     }
     return { input: toImageData(rgb, IN_W, IN_H), nh, nw };
   }
 
-  function roundHalfEven(v) { // Python's round() and OpenCV's cvRound
+  function roundHalfEven(v) { // Python's round(), which predict's fitted size uses
     const r = Math.round(v);
     return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
   }
