@@ -20,8 +20,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mobilevision", "mobilevision.*"]),
-    # The TFLite Metadata schemas (Apache-2.0) the bindings in export/schema/ are generated from.
-    package_data={"mobilevision.export.schema": ["*.fbs"]},
+    # The TFLite Metadata schemas (Apache-2.0) the bindings in export/schema/ are generated from,
+    # and the web page's static files (export/web: the page, its script and stylesheet).
+    package_data={"mobilevision.export.schema": ["*.fbs"],
+                  "mobilevision.export.web": ["index.html", "app.js", "style.css"]},
     # The bundled YAML configs are installed beside the package so `--config NAME.yaml`
     # finds them from any working directory, also in a non-editable install.
     data_files=[("share/mobilevision/configs", sorted(str(p) for p in Path("configs").glob("*.yaml")))],
