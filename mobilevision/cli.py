@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--input-type", choices=("uint8", "float32"),
                    help="tflite_int8: the input tensor's type (default uint8)")
     c.add_argument("--opset", type=int, help="onnx: the ONNX opset (default: the exporter's)")
+    c.add_argument("--web-runtime", metavar="DIR",
+                   help="web: an installed @mediapipe/tasks-vision to copy into the page "
+                        "(default: ./node_modules, else the page loads it from its CDN)")
     c.add_argument("--nms", choices=("regular", "fast"),
                    help="detection TFLite: per-class NMS as in evaluation (regular, default) or "
                         "the post-process op's faster class-agnostic one")
@@ -181,7 +181,8 @@ def _export(args) -> int:
     out = Path(args.output or run / "export")
     print(f"exporting {model.config.name} ({model.path}) to {out}")
     model.export(formats, out, calibration_images=args.calibration_images,
-                 input_type=args.input_type, opset=args.opset, nms=args.nms)
+                 input_type=args.input_type, opset=args.opset, nms=args.nms,
+                 web_runtime=args.web_runtime)
     print(f"labels: {out / 'labels.txt'}")
     return 0
 

@@ -204,12 +204,15 @@ class Model:
     # Export ----------------------------------------------------------------------------------
     def export(self, formats, output=None, *, calibration_images: int | None = None,
                input_type: str | None = None, opset: int | None = None, nms: str | None = None,
-               log=print) -> dict:
+               web_runtime=None, log=print) -> dict:
         """Write the model in each of `formats` (names of `export.formats.FORMATS`, a list or
         "tflite,onnx", or "all") into `output` (default: the run folder's export/, else
         runs/<config name>/export), with labels.txt. int8 calibrates on the first
         `calibration_images` (default 200) readable images of the train split, prepared as
-        `predict` prepares them. Returns {format: path}."""
+        `predict` prepares them. "web" writes output/web/, a page that runs the float32 and
+        int8 TFLite files (written too) in a browser, with a few validation images as samples;
+        web_runtime: an installed @mediapipe/tasks-vision to copy into it (docs/web.md).
+        Returns {format: path}."""
         from mobilevision.export import export_model, parse_formats
         from mobilevision.export.formats import ExportError
 
@@ -229,8 +232,32 @@ class Model:
             self.keras_model, formats, output, name=cfg.name, task=self.task, labels=self.names,
             config={k: v for k, v in cfg.to_dict().items() if not k.startswith("_")},
             calibration=self._calibration, calibration_images=calibration_images,
-            input_type=input_type, opset=opset, nms=nms, log=log)
+            input_type=input_type, opset=opset, nms=nms, web_runtime=web_runtime,
+            samples=self._web_samples() if "web" in formats else (),
+            settings=settings_from_config(self.task, cfg), log=log)
         return {r["format"]: Path(r["path"]) for r in records}
+
+    def _web_samples(self, count: int = 4) -> list:
+        """Files of the validation split's fixed sample for the web page (readable ones, at
+        most `count`); none when the dataset is not here (a run exported elsewhere)."""
+        from mobilevision.data.decode import ImageDecodeError, read_image
+        from mobilevision.data.image_folder import DatasetError
+        from mobilevision.plots import sample_indices
+
+        try:
+            source, split = self.source(), self.config.data.val_split
+            paths = [source.path(split, i) for i in sample_indices(source.size(split))]
+        except (DatasetError, FileNotFoundError, OSError, ValueError) as e:
+            print(f"web page: no sample images (the validation split: {e})", file=sys.stderr)
+            return []
+        found = []
+        for path in paths:
+            try:
+                read_image(path)
+            except ImageDecodeError:
+                continue
+            found.append(path)
+        return found[:count]
 
     def _calibration(self, count: int) -> np.ndarray:
         """The first `count` readable images of the train split, prepared as `predict` prepares

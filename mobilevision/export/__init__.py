@@ -26,7 +26,8 @@ def parse_formats(text: str) -> list[str]:
 def export_model(model, formats, output_dir, *, name: str, task: str, labels: list[str],
                  config: dict | None = None, calibration=None,
                  calibration_images: int | None = None, input_type: str | None = None,
-                 opset: int | None = None, nms: str | None = None, log=print) -> list[dict]:
+                 opset: int | None = None, nms: str | None = None, web_runtime=None,
+                 samples=(), settings: dict | None = None, log=print) -> list[dict]:
     """Write `model` in each of `formats` into output_dir, with labels.txt beside them.
 
     Args:
@@ -35,8 +36,12 @@ def export_model(model, formats, output_dir, *, name: str, task: str, labels: li
         `runtime.INFO_FILE`, so they load without anything else.
       calibration: for tflite_int8, a function count -> (n, H, W, 3) float32 images prepared as
         `predict` prepares them (`calibration_images` of them; default 200).
-      input_type, opset, nms: options of the formats that take them (formats.FORMATS[...].options);
-        giving one to no format that takes it is an error rather than silently ignored.
+      input_type, opset, nms, web_runtime: options of the formats that take them
+        (formats.FORMATS[...].options); giving one to no format that takes it is an error
+        rather than silently ignored. web_runtime: an installed @mediapipe/tasks-vision to copy
+        into the web page (default: ./node_modules, else the page loads it from its CDN).
+      samples: image files the web page bundles; settings: what predict uses that the page
+        repeats (detection `draw_threshold`, classification `crop`).
 
     Returns one record per format: {"format", "path", "bytes", "seconds"}."""
     import json
@@ -47,7 +52,7 @@ def export_model(model, formats, output_dir, *, name: str, task: str, labels: li
 
     formats = [get_format(f) for f in formats]
     given = {"calibration_images": calibration_images, "input_type": input_type, "opset": opset,
-             "nms": nms}
+             "nms": nms, "web_runtime": web_runtime}
     for option, value in given.items():
         if value is not None and not any(option in f.options for f in formats):
             takers = [f.name for f in FORMATS.values() if option in f.options]
@@ -71,6 +76,8 @@ def export_model(model, formats, output_dir, *, name: str, task: str, labels: li
         log(f"{fmt.name:12s} {path}  ({size / 2**20:.2f} MiB, {records[-1]['seconds']} s)")
 
     tflite = [f for f in formats if f.name in TFLITE_QUANTIZATION]
+    if any(f.name == "web" for f in formats):  # the page runs the float32 and int8 files
+        tflite += [get_format(n) for n in ("tflite", "tflite_int8") if get_format(n) not in tflite]
     if tflite:
         images = None
         if any(f.name == "tflite_int8" for f in tflite):
@@ -80,6 +87,16 @@ def export_model(model, formats, output_dir, *, name: str, task: str, labels: li
             log(f"int8 calibration: {len(images)} images")
         _export_tflite(model, tflite, out, name, task, labels, info, images, input_type,
                        nms or "regular", done)
+    if any(f.name == "web" for f in formats):
+        start = time.perf_counter()
+        page = _export_web(out, name, task, labels, model, web_runtime, samples, settings or {})
+        done(get_format("web"), out / "web", time.perf_counter() - start)
+        where = (f"MediaPipe Tasks Vision {page['mediapipe_version']} copied from "
+                 f"{page['runtime_source']}" if page["runtime"] == "local" else
+                 f"MediaPipe Tasks Vision from {page['runtime_source']} (the page needs the "
+                 f"network){': ' + page['runtime_note'] if page['runtime_note'] else ''}")
+        log(f"web page: {page['path']} ({where}); serve it with "
+            f"python -m http.server -d {out / 'web'}")
     for fmt in formats:
         start = time.perf_counter()
         path = out / fmt.filename.format(name=name)
@@ -99,8 +116,20 @@ def export_model(model, formats, output_dir, *, name: str, task: str, labels: li
             done(fmt, path, time.perf_counter() - start)
     # Last, so a failed export leaves no new labels beside older files.
     atomic_write_text(out / "labels.txt", "\n".join(labels) + "\n")
-    order = {f.name: i for i, f in enumerate(formats)}
+    order = {f.name: i for i, f in enumerate([*formats, *tflite])}
     return sorted(records, key=lambda r: order[r["format"]])
+
+
+def _export_web(out, name, task, labels, model, runtime, samples, settings) -> dict:
+    """The web page folder out/web, running the float32 and int8 files written beside it."""
+    from mobilevision.export.web import write_web_page
+
+    return write_web_page(
+        out / "web", task=task, labels=labels, name=name, runtime_dir=runtime,
+        models={"float32": out / get_format("tflite").filename.format(name=name),
+                "int8": out / get_format("tflite_int8").filename.format(name=name)},
+        samples=list(samples), input_size=tuple(model.input_shape[1:3]),
+        draw_threshold=settings.get("draw_threshold", 0.3), eval_crop=settings.get("crop", 0.875))
 
 
 def _export_tflite(model, formats, out, name, task, labels, info, calibration, input_type, nms,

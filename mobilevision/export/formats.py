@@ -35,6 +35,11 @@ FORMATS = {f.name: f for f in (
     ExportFormat("onnx", "{name}.onnx", "onnxruntime",
                  "float32 input 0..255, dynamic batch, decoded results (NMS as ONNX "
                  "NonMaxSuppression)", options=("opset",), extra="onnx"),
+    ExportFormat("web", "web", "a browser (MediaPipe Tasks for Web)",
+                 "a folder to host as it is: a page running the `tflite` and `tflite_int8` "
+                 "files (written too) on images, the bundled samples and the camera "
+                 "([web.md](web.md))",
+                 options=("calibration_images", "input_type", "nms", "web_runtime")),
 )}
 
 # The decoded outputs, per task: what the Keras model's `predict` returns (its decoder) and what

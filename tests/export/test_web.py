@@ -347,7 +347,7 @@ def exported(request, tmp_path_factory, randomize_batchnorm):
             _random_weights(task, data, weights, randomize_batchnorm)
             procs[task] = subprocess.Popen(
                 [sys.executable, str(ROOT / "scripts" / "export.py"), "--config", config,
-                 "--weights", str(weights), "--format", "tflite,tflite_int8",
+                 "--weights", str(weights), "--format", "web",
                  "--calibration-images", "8", "--output", str(build / f"export_{task}"),
                  *_overrides(task, data)],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -363,6 +363,12 @@ def exported(request, tmp_path_factory, randomize_batchnorm):
     out = {}
     for task in CASES:
         export = folder / f"export_{task}"
+        # `--format web` writes the page and the two files it runs (the tests below write
+        # their own pages of these files, with samples they choose).
+        web = export / "web"
+        assert (web / "index.html").is_file() and (web / "labels.txt").is_file()
+        assert {p.name for p in web.glob("*.tflite")} == {p.name for p in export.glob("*.tflite")}
+        assert len(list((web / "samples").iterdir())) == 4
         out[task] = {
             "models": {"float32": next(p for p in export.glob("*.tflite") if "_int8" not in p.name),
                        "int8": next(export.glob("*_int8.tflite"))},
