@@ -15,12 +15,13 @@
     keras_model = mv.build_model(cfg)   # takes RGB pixels 0..255; predict returns decoded outputs
 
 Importing this package (and running an exported .tflite or .onnx file) imports neither
-TensorFlow nor Keras; they load when a Keras model or a dataset is needed.
+TensorFlow nor Keras; they load when a Keras model or a dataset is needed, without TensorFlow's
+benign C++ start-up lines (see mobilevision.tf_logs; MOBILEVISION_TF_LOGS=1 shows them).
 """
 
-import os
+from mobilevision import tf_logs as _tf_logs
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_tf_logs.install()
 
 from mobilevision.api import Model, Run, load, load_keras, train  # noqa: E402
 from mobilevision.config import ConfigError, load_config  # noqa: E402

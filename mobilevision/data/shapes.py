@@ -27,8 +27,11 @@ import inspect
 import json
 import os
 import shutil
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from pathlib import Path
 
 import cv2
@@ -369,13 +372,91 @@ def _write_image(path: Path, image: np.ndarray) -> None:
     path.write_bytes(encoded.tobytes())
 
 
-def _parallel_map(fn, n: int) -> list:
-    """[fn(i) for i in range(n)] on a few threads (OpenCV and zlib release the GIL); ordered."""
+def _parallel_map(fn, n: int, split: str) -> list:
+    """[fn(i) for i in range(n)] on a few threads (OpenCV and zlib release the GIL); ordered.
+    Reports each finished image of `split` to the progress line `ensure_shapes` opened, if any."""
     workers = min(_MAX_WORKERS, os.cpu_count() or 1)
     if workers <= 1 or n < 16:
-        return [fn(i) for i in range(n)]
+        return _collect(map(fn, range(n)), split)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, range(n)))
+        return _collect(pool.map(fn, range(n)), split)
+
+
+def _collect(results, split: str) -> list:
+    progress, done = _PROGRESS.get(), []
+    for result in results:
+        done.append(result)
+        if progress is not None:
+            progress.update(split, len(done))
+    return done
+
+
+# The progress line of the generation running in this thread (set by ensure_shapes); a context
+# variable, not an argument, so the generators' signatures stay exactly their dataset parameters.
+_PROGRESS: ContextVar["_Progress | None"] = ContextVar("shapes_progress", default=None)
+
+
+class _Progress:
+    """Says how far generation is on stdout: `generating shapes data in ROOT: train 1200/4000`,
+    rewritten in place (at most 10 times a second) on a terminal, else a plain line at each
+    quarter so logs stay readable; then `generated N images (KIND) in ROOT in S s`."""
+
+    def __init__(self, root, kind: str, counts: dict, stream=None):
+        self.root, self.kind, self.counts = root, kind, counts
+        self.total = sum(counts.values())
+        self.stream = sys.stdout if stream is None else stream
+        self.tty = _isatty(self.stream)
+        self.start = self.shown = time.monotonic()
+        self.finished = {split: 0 for split in counts}  # images done, per split
+        self.quarter = 0  # quarters of the total reported (not a terminal)
+        self.width = 0  # length of the line on screen (a terminal)
+        split_counts = " + ".join(f"{n} {split}" for split, n in counts.items())
+        self._print(f"generating shapes data in {root} ({kind}, {split_counts} images; "
+                    f"once, then reused)", end="" if self.tty else "\n")
+
+    def update(self, split: str, done: int) -> None:
+        self.finished[split] = done
+        now = time.monotonic()
+        line = (f"generating shapes data in {self.root}: {split} {done}/{self.counts[split]}, "
+                f"{now - self.start:.0f} s")
+        if self.tty:
+            if now - self.shown >= 0.1 or done == self.counts[split]:
+                self.shown = now
+                self._print(line, end="")
+            return
+        quarter = 4 * sum(self.finished.values()) // max(self.total, 1)
+        if self.quarter < quarter < 4:
+            self.quarter = quarter
+            self._print(line)
+
+    def close(self) -> None:
+        seconds = time.monotonic() - self.start
+        self._print(f"generated {self.total} images ({self.kind}) in {self.root} in {seconds:.1f} s")
+
+    def interrupted(self) -> None:
+        """End a line left open on a terminal, so that the error starts on its own line."""
+        if self.tty and self.width and self.stream is not None:
+            with suppress(OSError, ValueError):
+                self.stream.write("\n")
+                self.stream.flush()
+
+    def _print(self, text: str, end: str = "\n") -> None:
+        if self.stream is None:
+            return
+        if self.tty:  # overwrite the previous line, spaces where it was longer
+            text, self.width = "\r" + text.ljust(self.width), len(text) if end == "" else 0
+        try:
+            self.stream.write(text + end)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or broken stdout: progress is not worth failing
+            self.stream = None
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _prepare_root(root: Path) -> None:
@@ -464,7 +545,7 @@ def generate_classification(root, num_train: int = 1000, num_val: int = 200, ima
             _write_image(root / split / SHAPE_CLASSES[class_id] / f"{index:05d}{suffix}", image)
             return class_id
 
-        labels = _parallel_map(make, count)
+        labels = _parallel_map(make, count, split)
         summary["splits"][split] = {"images": count}
         summary["class_counts"][split] = {name: labels.count(i) for i, name in enumerate(SHAPE_CLASSES)}
     return _finish(root, "classification", params, summary)
@@ -526,7 +607,7 @@ def generate_detection(
             ]
             return {"id": index + 1, "file_name": file_name, "width": size[1], "height": size[0]}, anns
 
-        results = _parallel_map(make, count)
+        results = _parallel_map(make, count, split)
         images, annotations = [], []
         for image_info, anns in results:  # ids assigned in index order: deterministic
             images.append(image_info)
@@ -606,7 +687,7 @@ def generate_segmentation(root, num_train: int = 1000, num_val: int = 200, image
             label.save(root / "SegmentationClass" / f"{image_id}.png", optimize=False)
             return image_id, len(objects)
 
-        results = _parallel_map(make, count)
+        results = _parallel_map(make, count, split)
         ids = [r[0] for r in results]
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
         summary["splits"][split] = {"images": count, "objects": sum(r[1] for r in results)}
@@ -628,7 +709,7 @@ def read_manifest(root):
         return None
 
 
-def ensure_shapes(root, kind: str, **params) -> Path:
+def ensure_shapes(root, kind: str, *, progress: bool = True, **params) -> Path:
     """Generate the shapes dataset of `kind` into `root` unless it is already there.
 
     Regenerates when root/shapes.json is missing (never generated, or interrupted: the manifest
@@ -638,6 +719,8 @@ def ensure_shapes(root, kind: str, **params) -> Path:
     Args:
         root: dataset directory.
         kind: "classification", "detection" or "segmentation".
+        progress: while generating, print a progress line and then the count and seconds to
+            stdout (rewritten in place on a terminal, a line per quarter otherwise).
         **params: keyword arguments of the matching generate_* function (not root).
 
     Returns:
@@ -666,7 +749,19 @@ def ensure_shapes(root, kind: str, **params) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(root / _LOCK_NAME):
         if not _manifest_matches(root, kind, resolved):
-            generator(root, **resolved)
+            counts = {"train": resolved["num_train"], "val": resolved["num_val"]}
+            reporter = _Progress(root, kind, counts) if progress else None
+            token = _PROGRESS.set(reporter)
+            try:
+                generator(root, **resolved)
+            except BaseException:
+                if reporter is not None:
+                    reporter.interrupted()
+                raise
+            finally:
+                _PROGRESS.reset(token)
+            if reporter is not None:
+                reporter.close()
     return root
 
 

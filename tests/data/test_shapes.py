@@ -1,7 +1,9 @@
 """Tests for mobilevision.data.shapes: the synthetic dataset in its real on-disk formats."""
 
 import functools
+import io
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -276,3 +278,44 @@ def test_concurrent_ensure_shapes_generates_once(tmp_path, monkeypatch):
         roots = list(pool.map(lambda _: ensure_shapes(root, "detection", num_train=6, num_val=2, image_size=32), range(3)))
     assert roots == [root] * 3 and len(calls) == 1
     assert COCO(str(root / "annotations" / "instances_train.json")).getImgIds() == list(range(1, 7))
+
+
+def test_generation_prints_progress_and_a_final_line(tmp_path, capsys):
+    root = tmp_path / "shapes"
+    ensure_shapes(root, "detection", num_train=12, num_val=4, image_size=32)
+    lines = capsys.readouterr().out.splitlines()
+    # Not a terminal: a first line, a line at each quarter of the 16 images, a final line.
+    assert lines[0] == f"generating shapes data in {root} (detection, 12 train + 4 val images; once, then reused)"
+    assert [line.split(": ")[1].split(",")[0] for line in lines[1:-1]] == ["train 4/12", "train 8/12", "train 12/12"]
+    assert re.fullmatch(rf"generated 16 images \(detection\) in {re.escape(str(root))} in \d+\.\d s", lines[-1])
+
+    ensure_shapes(root, "detection", num_train=12, num_val=4, image_size=32)  # there already: silent
+    ensure_shapes(tmp_path / "quiet", "detection", num_train=3, num_val=1, image_size=32, progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_progress_on_a_terminal_rewrites_one_line(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    clock = iter(range(100))  # each reading 1 s later: every update is shown
+    monkeypatch.setattr(shapes.time, "monotonic", lambda: float(next(clock)))
+    out = Terminal()
+    progress = shapes._Progress("data/x", "segmentation", {"train": 3, "val": 1}, stream=out)
+    for done in (1, 2, 3):
+        progress.update("train", done)
+    progress.update("val", 1)
+    progress.close()
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")  # one line, rewritten with \r
+    shown = [part.rstrip() for part in text.rstrip("\n").split("\r")[1:]]
+    assert shown == ["generating shapes data in data/x (segmentation, 3 train + 1 val images; once, "
+                     "then reused)",
+                     "generating shapes data in data/x: train 1/3, 1 s",
+                     "generating shapes data in data/x: train 2/3, 2 s",
+                     "generating shapes data in data/x: train 3/3, 3 s",
+                     "generating shapes data in data/x: val 1/1, 4 s",
+                     "generated 4 images (segmentation) in data/x in 5.0 s"]
+    # each rewrite covers the longer line before it
+    assert all(len(a) >= len(b.rstrip()) for a, b in zip(text.split("\r")[2:], text.split("\r")[1:]))
