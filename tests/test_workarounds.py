@@ -235,3 +235,38 @@ def test_upstream_multi_worker_fit_still_fails_without_the_patch(tmp_path):
             out, _ = proc.communicate(timeout=300)
             line = next((x for x in out.splitlines() if x.startswith("fit: ")), out[-300:])
             assert expected[fixes] in line, (fixes or "no fixes", line)
+
+
+def test_written_out_gradient_matches_tensorflows_fused_kernel_in_a_graph():
+    """The float32 training path's custom gradient (as `fit` runs it, in a tf.function) against
+    TensorFlow's own fused batch-norm kernel and its gradient, on an activation-sized input."""
+    from mobilevision.workarounds import BatchNormalization
+
+    rng = np.random.default_rng(1)
+    x = tf.constant((2.0 * rng.normal(size=(8, 20, 20, 32)) - 0.7).astype("float32"))
+    upstream = tf.constant(rng.normal(size=x.shape).astype("float32"))
+    layer = BatchNormalization(epsilon=1e-3, momentum=0.9)
+    layer.build(x.shape)
+    layer.gamma.assign(rng.uniform(0.5, 1.5, 32).astype("float32"))
+    layer.beta.assign(rng.normal(size=32).astype("float32"))
+
+    @tf.function
+    def ours(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True) * upstream)
+        return (layer(x, training=True), *tape.gradient(loss, [x, layer.gamma, layer.beta]))
+
+    @tf.function
+    def fused(x):
+        gamma, beta = tf.identity(layer.gamma), tf.identity(layer.beta)
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=1e-3,
+                                                       is_training=True)
+            loss = tf.reduce_sum(y * upstream)
+        return (y, *tape.gradient(loss, [x, gamma, beta]))
+
+    for name, u, v in zip(("output", "d input", "d gamma", "d beta"), ours(x), fused(x)):
+        scale = max(1.0, float(np.abs(v).max()))
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=2e-5 * scale, err_msg=name)
