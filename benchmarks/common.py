@@ -277,6 +277,163 @@ def device_description(cpu_flags: bool = False) -> str:
             f"{', ' + ' '.join(isa) if isa else ''})")
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"  # read by TensorFlow's and PyTorch's oneDNN alike
+_ONEDNN_ISA: dict = {}
+
+
+def cpu_info() -> dict:
+    """{"model", "vendor", "family", "cpu_model", "flags"} of the first CPU in /proc/cpuinfo
+    ({} where it cannot be read); flags are only the vector ISA ones (ISA_FLAGS)."""
+    info = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    keys = {"model name": "model", "vendor_id": "vendor", "cpu family": "family",
+            "model": "cpu_model", "flags": "flags"}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in keys:
+            info[keys[key]] = value.strip()
+    flags = set(info.get("flags", "").split())
+    info["flags"] = [f for f in ISA_FLAGS if f in flags]
+    return info
+
+
+def onednn_isa() -> str | None:
+    """The instruction set TensorFlow's oneDNN dispatches to in this environment (with
+    ONEDNN_MAX_CPU_ISA as it is set here): oneDNN's own verbose line ('isa:Intel AVX2 ...') from
+    one convolution in a short TensorFlow process. None where it does not say. Cached."""
+    key = os.environ.get(ONEDNN_ISA_ENV, "")
+    if key not in _ONEDNN_ISA:
+        import subprocess
+
+        code = ("import tensorflow as tf; "
+                "tf.nn.conv2d(tf.ones([1, 8, 8, 8]), tf.ones([1, 1, 8, 8]), 1, 'SAME').numpy()")
+        env = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        isa = None
+        try:
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                 text=True, timeout=120).stdout
+            for line in out.splitlines():
+                if ",isa:" in line:
+                    isa = line.split(",isa:", 1)[1].strip()
+                    break
+        except (OSError, subprocess.SubprocessError):
+            pass
+        _ONEDNN_ISA[key] = isa
+    return _ONEDNN_ISA[key]
+
+
+def tf_onednn_ops() -> bool | None:
+    """Whether TensorFlow runs its oneDNN ops (convolutions, BatchNorm, ...) in this process: by
+    default only on CPUs with AVX-512 VNNI / BF16 or AMX, else TF_ENABLE_ONEDNN_OPTS decides; off,
+    only its matrix products use oneDNN. None where TensorFlow is not imported here."""
+    if "tensorflow" not in sys.modules:
+        return None
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def machine() -> dict:
+    """What a figure was measured on: the CPU's model, family and vector ISA flags, the cores
+    (all and the ones this process may use), the ISA TensorFlow's oneDNN dispatches to and the
+    limit set on it (ONEDNN_MAX_CPU_ISA), and the load average."""
+    cpu = cpu_info()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu.get("model") or platform.processor() or platform.machine(),
+            "vendor": cpu.get("vendor"), "family": cpu.get("family"),
+            "cpu_model": cpu.get("cpu_model"), "isa_flags": cpu.get("flags", []),
+            "cores": os.cpu_count(), "usable_cores": usable,
+            "onednn_isa": onednn_isa(), "onednn_max_cpu_isa": os.environ.get(ONEDNN_ISA_ENV),
+            "tf_onednn_ops": tf_onednn_ops(),
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def machine_line(m: dict, extra: str = "") -> str:
+    """One line naming the machine of `machine()` (and `extra`, e.g. the peer's torch ISA)."""
+    flags = " ".join(f.upper() for f in m.get("isa_flags", [])) or "no AVX2"
+    if m.get("isa_flags") and "avx512f" not in m["isa_flags"]:
+        flags += " (no AVX-512)"
+    family = (f" (family {m['family']} model {m['cpu_model']})"
+              if m.get("family") and m.get("cpu_model") else "")
+    limit = f", held to {m['onednn_max_cpu_isa']}" if m.get("onednn_max_cpu_isa") else ""
+    ops = m.get("tf_onednn_ops")
+    if ops is not None:
+        limit += (", its oneDNN ops on" if ops else
+                  ", its oneDNN ops off (convolutions and BatchNorm in Eigen)")
+    return (f"machine: {m['cpu']}{family}, {m['usable_cores']} of {m['cores']} cores, {flags}; "
+            f"TensorFlow oneDNN: {m.get('onednn_isa') or 'unknown'}{limit}{extra}; "
+            f"load {m['loadavg'][0]:.2f}")
+
+
+# Instruction-set modes a benchmark can run in, each in a fresh process (the libraries read
+# these at start): "native" as the machine is; "avx2" as TensorFlow and PyTorch run on a CPU with
+# AVX2 and no AVX-512: their oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA), PyTorch's own kernels too
+# (ATEN_CPU_CAPABILITY), and TensorFlow's oneDNN ops off (TF_ENABLE_ONEDNN_OPTS=0), since
+# TensorFlow turns them on by default only on CPUs with AVX-512 VNNI / BF16 or AMX; without them
+# its convolutions and BatchNorm are its own Eigen kernels, compiled for one ISA (not dispatched),
+# and only its matrix products go through oneDNN.
+ISA_ENV = {"native": {},
+           "avx2": {ONEDNN_ISA_ENV: "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                    "TF_ENABLE_ONEDNN_OPTS": "0"}}
+ISA_CHILD = "_MOBILEVISION_BENCHMARK_ISA"  # set in a per-ISA child process
+
+
+def parse_isa(parser, text: str) -> list[str]:
+    isas = [v.strip() for v in text.split(",") if v.strip()]
+    if not isas or any(v not in ISA_ENV for v in isas):
+        parser.error(f"--isa: expected a comma-separated list of {', '.join(ISA_ENV)}, "
+                     f"got {text!r}")
+    return isas
+
+
+def without_options(argv: list[str], options: tuple) -> list[str]:
+    """argv without the given options and their values ('--isa avx2' and '--isa=avx2')."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not a.startswith(tuple(o + "=" for o in options)):
+            out.append(a)
+    return out
+
+
+def run_per_isa(script: Path, argv: list[str], isas: list[str], log) -> dict:
+    """Run `script argv` once per ISA mode of `isas`, each in a fresh process with ISA_ENV's
+    variables (the others removed) and `--isa <mode> --json-out <temp>`; their tables go to
+    this process's stdout. Returns {mode: the JSON it wrote}."""
+    import subprocess
+    import tempfile
+
+    argv = without_options(argv, ("--isa", "--json-out"))
+    results = {}
+    for isa in isas:
+        env = {k: v for k, v in os.environ.items()
+               if k not in {key for mode in ISA_ENV.values() for key in mode}}
+        env.update(ISA_ENV[isa], **{ISA_CHILD: isa})
+        setting = " ".join(f"{k}={v}" for k, v in ISA_ENV[isa].items()) or "as the machine is"
+        log(f"--isa {isa}: {setting}, in a fresh process ...")
+        with tempfile.TemporaryDirectory(prefix="mv_isa_") as tmp:
+            out = Path(tmp) / "result.json"
+            done = subprocess.run([sys.executable, str(script), *argv, "--isa", isa,
+                                   "--json-out", str(out)], env=env)
+            if done.returncode or not out.exists():
+                raise BenchmarkError(f"the --isa {isa} run of {script.name} failed "
+                                     f"(exit {done.returncode})")
+            results[isa] = json.loads(out.read_text())
+    return results
+
+
 def versions() -> dict:
     """{"tensorflow", "keras", "mobilevision", "python"} versions, in that order."""
     import keras
@@ -304,7 +461,9 @@ def run_benchmark(prog: str, args, run, format_table) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    table = format_table(result)
+    result.setdefault("machine", machine())
+    table = "  " + machine_line(result["machine"], result.get("machine_extra", "")) + "\n" + \
+        format_table(result)
     print(table, file=report_stream(args.json_out), flush=True)
     write_json(args.json_out, result)
     if args.json_out != "-":

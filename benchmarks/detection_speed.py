@@ -77,7 +77,8 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    BenchmarkError, alternating_fit, apply_defaults, check_counts, check_sizes, config_name,
+    ISA_CHILD, BenchmarkError, alternating_fit, apply_defaults, check_counts, check_sizes,
+    config_name, machine, parse_isa, run_per_isa,
     cpu_sample, device_description, fmt_runs, make_log, others_share, pipeline_runs,
     run_benchmark, table_lines, table_width, time_calls, time_fit, utc_timestamp, versions)
 from step_profile import format_layer_profile, layer_profile, plain_keras_ssdlite  # noqa: E402
@@ -157,11 +158,16 @@ def parse_args(argv=None):
                    help="timed calls per inference figure; default 30 (--quick: 5)")
     p.add_argument("--json-out", default=str(DEFAULT_JSON),
                    help="where to write the figures ('-' for stdout; default: %(default)s)")
+    p.add_argument("--isa", default="native",
+                   help="comma-separated instruction-set modes, each measured in a fresh "
+                        "process: native (as the machine is), avx2 (TensorFlow's and PyTorch's "
+                        "oneDNN and PyTorch's own kernels held to AVX2); default native")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: alpha 0.35, 160 px, batch 4 (the peers: 160 px, batch 4), 3 steps "
                         "after 1 warmup, 1 repeat (about 1 min)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = p.parse_args(argv)
+    args.isa = parse_isa(p, args.isa)
     apply_defaults(args, QUICK if args.quick else FULL)
     check_counts(p, args, ("batch_size", "steps", "repeats", "pipeline_images", "latency_runs"))
     if args.threads is not None and args.threads < 1:
@@ -293,9 +299,13 @@ class TorchPeer:
     def time(self, name: str, steps: int, warmup: int) -> dict:
         """`warmup` untimed and `steps` timed train steps of peer `name` -> {"images_per_sec",
         "seconds", "loss", "finite"}."""
+        return self.request({"time": name, "steps": steps, "warmup": warmup})
+
+    def request(self, message: dict) -> dict:
+        """Send one request (see torch_peer.py's protocol) and return its answer."""
         self.ready()
         try:
-            self.proc.stdin.write(json.dumps({"time": name, "steps": steps, "warmup": warmup}) + "\n")
+            self.proc.stdin.write(json.dumps(message) + "\n")
             self.proc.stdin.flush()
         except OSError:
             self._fail(f"stopped reading its input (status {self.proc.wait()})")
@@ -384,8 +394,9 @@ def peer_results(args, cfg, primary: str, med: dict, runs: dict, losses: dict, i
     if not args.peer_python:
         out["reason"] = f"no --peer-python (or ${PEER_PYTHON_ENV})"
     if info:
-        out.update({key: info[key] for key in ("torch", "torchvision", "python", "threads",
-                                               "interop_threads")})
+        out.update({key: info.get(key) for key in ("torch", "torchvision", "python", "threads",
+                                                   "interop_threads", "cpu_capability",
+                                                   "onednn_max_cpu_isa")})
     for name in PEERS:
         key = f"peer {name}"
         if key in med:
@@ -774,6 +785,8 @@ def run(args) -> dict:
     return {
         "benchmark": "detection_speed",
         "time": utc_timestamp(),
+        "machine_extra": (f"; PyTorch {peer_info['torch']} kernels: "
+                          f"{peer_info.get('cpu_capability')}" if peer_info else ""),
         "setup": {
             "config": config_name(cfg, args.config),
             "overrides": base, "quick": args.quick, "alpha": alpha, "size": s, "batch_size": b,
@@ -824,8 +837,37 @@ def run(args) -> dict:
     }
 
 
+def run_isas(args) -> dict:
+    """--isa with several modes: the whole benchmark once per mode, each in a fresh process
+    (its table printed as it ends), then the train-step figures side by side."""
+    runs = run_per_isa(Path(__file__), sys.argv[1:], args.isa, make_log(args.json_out))
+    return {"benchmark": "detection_speed", "time": utc_timestamp(), "machine": machine(),
+            "isa": runs}
+
+
+def format_isas(result: dict) -> str:
+    lines = ["", "  train images/s per instruction-set mode (each a run of its own; ratios within "
+                 "a run):"]
+    for isa, r in result["isa"].items():
+        peers, t = r["peers"], r["train_step"]
+        ours = t[r["setup"]["precisions"][0]]["images_per_sec"]
+        cells = [f"ours {ours:.1f}"]
+        for name in PEERS:
+            p = peers.get(name, {})
+            if p.get("measured"):
+                cells.append(f"peer {name} {p['images_per_sec']:.1f} (ours / {name} "
+                             f"{p['ratio']:.2f}x, target {p['target']}x)")
+        m = r.get("machine") or {}
+        held = m.get("onednn_max_cpu_isa") or "not held"
+        lines.append(f"    {isa:7s} oneDNN {m.get('onednn_isa') or '?'} ({held}): " + ", ".join(cells))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-    return run_benchmark("detection_speed.py", parse_args(argv), run, format_table)
+    args = parse_args(argv)
+    if len(args.isa) > 1 and not os.environ.get(ISA_CHILD):
+        return run_benchmark("detection_speed.py", args, run_isas, format_isas)
+    return run_benchmark("detection_speed.py", args, run, format_table)
 
 
 if __name__ == "__main__":

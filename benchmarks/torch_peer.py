@@ -42,7 +42,8 @@ as our `profile_model` counts conv and dense layers), in eval mode without gradi
 Protocol, one JSON object per line: on start the peer prints {"ready": {...}} (versions, threads,
 each peer's description, params, MAdds, anchors, classes), or {"error": "..."} and exits 1.
 Then for each request line {"time": "a", "steps": S, "warmup": W} it runs W untimed and S timed
-steps and prints {"images_per_sec": ..., "seconds": ..., "loss": ...}. End of input or
+steps and prints {"images_per_sec": ..., "seconds": ..., "loss": ...}; for {"profile": "b", ...}
+it runs them under torch.profiler and prints {"step_ms": ..., "ops": [...]} (`profile_steps`). End of input or
 {"quit": true} ends it. Anything else the libraries print goes to stderr.
 """
 
@@ -398,8 +399,17 @@ class PeerA:
         return float(loss.detach())
 
 
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 class PeerB:
     name = "b"
+    record_function = None  # torch.profiler.record_function while profile_steps runs
 
     def __init__(self, args):
         import torch
@@ -434,7 +444,9 @@ class PeerB:
         if self.data is None:
             self.data = batches_b(self.args, self.num_anchors)
         x, box_t, cls_t = self.data[i % len(self.data)]
-        loss = ssd_loss(self.model(x), box_t, cls_t, self.args.loss, self.args.neg_pos_ratio)
+        out = self.model(x)
+        with (self.record_function("peer_loss") if self.record_function else _nothing()):
+            loss = ssd_loss(out, box_t, cls_t, self.args.loss, self.args.neg_pos_ratio)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -458,6 +470,62 @@ def time_steps(peer, steps: int, warmup: int, start: int) -> dict:
             "loss": loss, "finite": loss is not None and math.isfinite(loss), "next": i}
 
 
+def _conv_kind(shapes) -> str:
+    """'depthwise' or 'conv' for a convolution event from its recorded input shapes: the weight
+    (out, in / groups, kh, kw) of a depthwise conv has one input channel per group while the
+    activation has many."""
+    dims = [s for s in shapes if isinstance(s, (list, tuple)) and len(s) == 4]
+    weights = [s for s in dims if s[1] == 1 and s[2] == s[3] and s[2] > 1]
+    return "depthwise" if weights and any(d[1] > 1 for d in dims) else "conv"
+
+
+def profile_steps(peer, steps: int, warmup: int, start: int) -> dict:
+    """`warmup` untimed steps, then `steps` under torch.profiler (CPU, input shapes recorded).
+    Returns {"step_ms": wall ms per step under the profiler, "ops": [{"name", "kind",
+    "self_ms", "calls", "scope"}]}: every op's self (exclusive) CPU time per step, summed by op
+    name, convolution kind (depthwise or not, from the weight's shape) and scope ("optimizer"
+    inside Optimizer.step, "loss" inside the loss, else "network"), over all threads (the
+    autograd engine's backward ops included)."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    i = start
+    for _ in range(warmup):
+        peer.step(i)
+        i += 1
+    peer.record_function = record_function
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        t = time.perf_counter()
+        for _ in range(steps):
+            peer.step(i)
+            i += 1
+        seconds = time.perf_counter() - t
+    peer.record_function = None
+    totals = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        name = event.name
+        if not (name.startswith("aten::") or name.startswith("mkldnn::")):
+            continue
+        scope, parent = "network", event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("Optimizer.step"):
+                scope = "optimizer"
+                break
+            if parent.name == "peer_loss":
+                scope = "loss"
+                break
+            parent = parent.cpu_parent
+        kind = _conv_kind(event.input_shapes or []) if "conv" in name else ""
+        key = (name, kind, scope)
+        totals[key][0] += event.self_cpu_time_total / 1000.0
+        totals[key][1] += 1
+    ops = [{"name": n, "kind": k, "scope": sc, "self_ms": ms / steps, "calls": c / steps}
+           for (n, k, sc), (ms, c) in totals.items()]
+    ops.sort(key=lambda o: -o["self_ms"])
+    return {"step_ms": 1000 * seconds / steps, "ops": ops, "next": i}
+
+
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)
@@ -473,6 +541,10 @@ def main(argv=None) -> int:
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": sys.version.split()[0], "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(),
+            # the vector ISA of PyTorch's own kernels (ATEN_CPU_CAPABILITY limits it) and its
+            # oneDNN's limit (ONEDNN_MAX_CPU_ISA, shared with TensorFlow's)
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "batch_size": args.batch_size, "size": args.size,
             "peers": {name: p.info for name, p in peers.items()}}})
     except SystemExit:
@@ -489,11 +561,12 @@ def main(argv=None) -> int:
             request = json.loads(line)
             if request.get("quit"):
                 break
-            name = request["time"]
+            name = request.get("time") or request["profile"]
             if name not in peers:
                 raise ValueError(f"peer {name!r} was not built (--peers {','.join(peers)})")
-            result = time_steps(peers[name], int(request["steps"]), int(request["warmup"]),
-                                position[name])
+            run = time_steps if "time" in request else profile_steps
+            result = run(peers[name], int(request["steps"]), int(request["warmup"]),
+                         position[name])
             position[name] = result.pop("next")
             send(result)
         except Exception as e:  # noqa: BLE001

@@ -18,8 +18,8 @@ BatchNormalization that trains with TensorFlow's fused kernel.
 Keras 3's `BatchNormalization` computes its training-mode statistics and normalization from
 separate ops (`tf.nn.moments`, then `tf.nn.batch_normalization`) on every backend, and their
 gradient is a chain of elementwise ops (Mul, Sum, Tile, SquaredDifference, Sub) over every
-activation. Keras 2 called TensorFlow's fused kernel instead (`FusedBatchNormV3`, oneDNN's on
-CPU), whose forward and backward are each one op. Profiled on our SSDLite-320 train step
+activation. Keras 2 called TensorFlow's fused kernel instead (`FusedBatchNormV3`, oneDNN's or
+TensorFlow's own on CPU), whose forward and backward are each one op. Profiled on our SSDLite-320 train step
 (TensorFlow's op profiler, 2 CPU cores, batch 8), the unfused chain took about half of the step's
 op time; see benchmarks/README.md. Upstream: keras-team/keras-core#225 ("BatchNorm is slow",
 closed without restoring the fused kernel; Keras 3.15's layer still has no `fused` path).
@@ -28,12 +28,14 @@ closed without restoring the fused kernel; Keras 3.15's layer still has no `fuse
 training mode, for a 4-D channels-last input without a mask, renorm or synchronized statistics,
 it computes the batch statistics and the normalization as one scale and shift per channel, with
 its gradient written out (`_batch_norm_train`, a `tf.custom_gradient`: dx = dy * scale + x * c1
-+ c0 after two per-channel sums, d gamma and d beta from the same sums), in float32; bfloat16 and
-float16 activations call `tf.compat.v1.nn.fused_batch_norm` instead. TensorFlow's fused kernel
-on CPU is its own (Eigen), not oneDNN's; on the SSDLite-320 train step (batch 8, 2 cores,
-AMD EPYC Zen 3, AVX2) the written-out form took the step from 1894 to 1778 ms and the BatchNorm
-layers alone (forward + backward, every shape of the network) about 18% less time than the fused
-kernel; both beat Keras' unfused chain (benchmarks/README.md). Everything else (inference, other backends, masks,
++ c0 after two per-channel sums, d gamma and d beta from the same sums), in float32, where
+TensorFlow's oneDNN ops are off (the default on CPUs without AVX-512 VNNI / BF16 or AMX: then
+TensorFlow's fused kernel is its own Eigen one). Where oneDNN's ops are on, and for bfloat16 and
+float16 activations, it calls `tf.compat.v1.nn.fused_batch_norm` (oneDNN's kernel there, which
+made the step 1.5-1.7x faster than Keras' layer on an AVX-512 machine). On the SSDLite-320 train
+step (batch 8, 2 cores, AMD EPYC Zen 3, AVX2) the written-out form took the step from 1894 to
+1778 ms against the Eigen fused kernel (one process, alternating), and the BatchNorm layers alone
+(forward + backward, every shape of the network) about 18% less time (benchmarks/README.md). Everything else (inference, other backends, masks,
 `synchronized=True` under tf.distribute) is Keras' own code. The weights (gamma, beta,
 moving_mean, moving_variance), their names and order, the moving-average update and the config
 are Keras' own, so weight files and keras.applications weights load unchanged, and
@@ -68,7 +70,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         channels = x.shape[-1]
         gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
         beta = self.beta if self.center else tf.zeros([channels], tf.float32)
-        if x.dtype == tf.float32:
+        if x.dtype == tf.float32 and not _onednn_ops():
             y, mean, variance = _batch_norm_train(x, tf.cast(gamma, tf.float32),
                                                   tf.cast(beta, tf.float32), self.epsilon)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
@@ -88,6 +90,18 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.moving_variance.assign(self.moving_variance * self.momentum
                                     + variance * (1.0 - self.momentum))
         return tf.cast(y, self.compute_dtype)
+
+
+def _onednn_ops() -> bool:
+    """Whether TensorFlow runs its oneDNN ops in this process (TF_ENABLE_ONEDNN_OPTS, on by default
+    only on CPUs with AVX-512 VNNI / BF16 or AMX): then FusedBatchNormV3 is oneDNN's kernel, which
+    is what the fused path was measured fastest with; otherwise it is TensorFlow's Eigen kernel,
+    which the written-out gradient beats."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow without it: assume the default x86 build, oneDNN off
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def _batch_norm_train(x, gamma, beta, epsilon):

@@ -238,35 +238,33 @@ def test_upstream_multi_worker_fit_still_fails_without_the_patch(tmp_path):
 
 
 def test_written_out_gradient_matches_tensorflows_fused_kernel_in_a_graph():
-    """The float32 training path's custom gradient (as `fit` runs it, in a tf.function) against
-    TensorFlow's own fused batch-norm kernel and its gradient, on an activation-sized input."""
-    from mobilevision.workarounds import BatchNormalization
+    """The float32 training path's custom gradient (as `fit` runs it, in a tf.function, whether
+    or not this machine's layer takes that path) against TensorFlow's own fused batch-norm
+    kernel and its gradient, on an activation-sized input; the batch statistics too."""
+    from mobilevision.workarounds import _batch_norm_train
 
     rng = np.random.default_rng(1)
     x = tf.constant((2.0 * rng.normal(size=(8, 20, 20, 32)) - 0.7).astype("float32"))
     upstream = tf.constant(rng.normal(size=x.shape).astype("float32"))
-    layer = BatchNormalization(epsilon=1e-3, momentum=0.9)
-    layer.build(x.shape)
-    layer.gamma.assign(rng.uniform(0.5, 1.5, 32).astype("float32"))
-    layer.beta.assign(rng.normal(size=32).astype("float32"))
+    gamma = tf.constant(rng.uniform(0.5, 1.5, 32).astype("float32"))
+    beta = tf.constant(rng.normal(size=32).astype("float32"))
 
-    @tf.function
-    def ours(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x, training=True) * upstream)
-        return (layer(x, training=True), *tape.gradient(loss, [x, layer.gamma, layer.beta]))
+    def run(bn):
+        @tf.function
+        def step(x, gamma, beta):
+            with tf.GradientTape() as tape:
+                tape.watch([x, gamma, beta])
+                y, mean, variance = bn(x, gamma, beta)
+                loss = tf.reduce_sum(y * upstream)
+            return (y, mean, variance, *tape.gradient(loss, [x, gamma, beta]))
+        return step(x, gamma, beta)
 
-    @tf.function
-    def fused(x):
-        gamma, beta = tf.identity(layer.gamma), tf.identity(layer.beta)
-        with tf.GradientTape() as tape:
-            tape.watch([x, gamma, beta])
-            y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=1e-3,
-                                                       is_training=True)
-            loss = tf.reduce_sum(y * upstream)
-        return (y, *tape.gradient(loss, [x, gamma, beta]))
-
-    for name, u, v in zip(("output", "d input", "d gamma", "d beta"), ours(x), fused(x)):
+    ours = run(lambda x, g, b: _batch_norm_train(x, g, b, 1e-3))
+    fused = run(lambda x, g, b: tf.compat.v1.nn.fused_batch_norm(x, g, b, epsilon=1e-3,
+                                                                 is_training=True))
+    n = 8 * 20 * 20
+    fused = (fused[0], fused[1], fused[2] * (n - 1) / n, *fused[3:])  # the kernel's is unbiased
+    names = ("output", "mean", "variance", "d input", "d gamma", "d beta")
+    for name, u, v in zip(names, ours, fused):
         scale = max(1.0, float(np.abs(v).max()))
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=2e-5 * scale, err_msg=name)

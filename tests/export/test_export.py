@@ -226,7 +226,7 @@ def test_options_for_formats_not_asked_are_refused(tmp_path):
     def export(formats, task="classification", **options):
         export_model(None, formats, tmp_path, name="x", task=task, labels=["a"], **options)
 
-    with pytest.raises(ExportError, match="--calibration-images applies to tflite_int8 only"):
+    with pytest.raises(ExportError, match="--calibration-images applies to tflite_int8, web only"):
         export(["tflite"], calibration_images=10)
     with pytest.raises(ExportError, match="--nms applies to tflite, tflite_fp16, tflite_int8"):
         export(["onnx"], nms="fast")
