@@ -165,8 +165,9 @@ def pipeline_runs(ds, batches: int, warmup: int, repeats: int, log,
 
 def cpu_sample(pids=()) -> tuple | None:
     """(CPU time busy on all cores from /proc/stat, wall CPU time of all cores, CPU time of this
-    process and of `pids` from /proc/<pid>/stat, every thread included), all in clock ticks; None
-    where /proc is unreadable. Two samples give `others_share`."""
+    process (with its children that have ended) and of `pids` from /proc/<pid>/stat, every
+    thread included), all in clock ticks; None where /proc is unreadable. Two samples give
+    `others_share`."""
     try:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:]]
@@ -177,6 +178,8 @@ def cpu_sample(pids=()) -> tuple | None:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             own += int(fields[11]) + int(fields[12])  # utime, stime
+            if pid == "self":
+                own += int(fields[13]) + int(fields[14])  # cutime, cstime: ended children
     except (OSError, ValueError, IndexError):
         return None
     return busy, total, own
@@ -264,14 +267,7 @@ def device_description(cpu_flags: bool = False) -> str:
         return f"GPU: {', '.join(names)}"
     if not cpu_flags:
         return f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    flags = cpu_info().get("flags", [])
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return (f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()}"
             f"{', ' + ' '.join(isa) if isa else ''})")

@@ -34,7 +34,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, machine_line, utc_timestamp, write_json  # noqa: E402
+from common import (  # noqa: E402
+    cpu_sample, machine, machine_line, others_share, utc_timestamp, write_json)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "shapes_ssdlite.yaml"
@@ -97,22 +97,6 @@ def make_subset(full_root: Path, subset_root: Path, keep=SUBSET) -> dict:
 # Runs -------------------------------------------------------------------------------------------
 
 
-def cpu_counters() -> tuple | None:
-    """(busy, total) clock ticks of all cores from /proc/stat; None where it is unreadable."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    total = sum(v[:8])
-    return total - v[3] - v[4], total
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def val_curve(run_dir: Path) -> list[dict]:
     """[{"epoch", "AP50", "AP", "epoch_seconds"}] for the epochs of metrics.csv with val_AP50."""
     path = run_dir / "metrics.csv"
@@ -153,7 +137,7 @@ def train_run(name: str, overrides: list[str], run_dir: Path, timeout: float, lo
            "--output", str(run_dir), "train.verbose=2", *overrides]
     log(f"{name}: training in {run_dir} ...")
     log_path = run_dir.parent / f"{run_dir.name}.log"
-    load_before, cpu0, own0 = os.getloadavg(), cpu_counters(), children_cpu_seconds()
+    load_before, cpu_start = os.getloadavg(), cpu_sample()
     t0 = time.perf_counter()
     with log_path.open("w") as f:
         try:
@@ -162,12 +146,8 @@ def train_run(name: str, overrides: list[str], run_dir: Path, timeout: float, lo
         except subprocess.TimeoutExpired:
             rc = "timeout"
     seconds = time.perf_counter() - t0
-    cpu1, own1 = cpu_counters(), children_cpu_seconds()
-    others = None
-    if cpu0 and cpu1:
-        busy, total = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
-        own = (own1 - own0) * os.sysconf("SC_CLK_TCK")
-        others = round(max(0.0, (busy - own) / max(total, 1)), 3)
+    others = others_share(cpu_start, cpu_sample())  # the run has ended: it counts as ours
+    others = None if others is None else round(others, 3)
     text = log_path.read_text(errors="replace")
     result = {"name": name, "folder": str(run_dir), "overrides": overrides, "returncode": rc,
               "seconds": round(seconds, 1), "curve": val_curve(run_dir),
