@@ -338,6 +338,16 @@ def tf_onednn_ops() -> bool | None:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def batch_norm_formulation() -> str | None:
+    """How our BatchNorm trains in float32 here (mobilevision.workarounds: written, fused or
+    keras); None where TensorFlow is not imported."""
+    if "tensorflow" not in sys.modules:
+        return None
+    from mobilevision.workarounds import _train_formulation
+
+    return _train_formulation()
+
+
 def machine() -> dict:
     """What a figure was measured on: the CPU's model, family and vector ISA flags, the cores
     (all and the ones this process may use), the ISA TensorFlow's oneDNN dispatches to and the
@@ -349,7 +359,8 @@ def machine() -> dict:
             "cpu_model": cpu.get("cpu_model"), "isa_flags": cpu.get("flags", []),
             "cores": os.cpu_count(), "usable_cores": usable,
             "onednn_isa": onednn_isa(), "onednn_max_cpu_isa": os.environ.get(ONEDNN_ISA_ENV),
-            "tf_onednn_ops": tf_onednn_ops(),
+            "tf_onednn_ops": tf_onednn_ops(), "batch_norm": batch_norm_formulation(),
+            "tf_allocator_bfc": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
             "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -365,21 +376,27 @@ def machine_line(m: dict, extra: str = "") -> str:
     if ops is not None:
         limit += (", its oneDNN ops on" if ops else
                   ", its oneDNN ops off (convolutions and BatchNorm in Eigen)")
+    if m.get("batch_norm"):
+        limit += f"; our BatchNorm trains {m['batch_norm']}"
+    if m.get("tf_allocator_bfc") not in (None, "true", "1"):
+        limit += f", TF_CPU_ALLOCATOR_USE_BFC={m['tf_allocator_bfc']}"
     return (f"machine: {m['cpu']}{family}, {m['usable_cores']} of {m['cores']} cores, {flags}; "
             f"TensorFlow oneDNN: {m.get('onednn_isa') or 'unknown'}{limit}{extra}; "
             f"load {m['loadavg'][0]:.2f}")
 
 
 # Instruction-set modes a benchmark can run in, each in a fresh process (the libraries read
-# these at start): "native" as the machine is; "avx2" as TensorFlow and PyTorch run on a CPU with
-# AVX2 and no AVX-512: their oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA), PyTorch's own kernels too
-# (ATEN_CPU_CAPABILITY), and TensorFlow's oneDNN ops off (TF_ENABLE_ONEDNN_OPTS=0), since
-# TensorFlow turns them on by default only on CPUs with AVX-512 VNNI / BF16 or AMX; without them
-# its convolutions and BatchNorm are its own Eigen kernels, compiled for one ISA (not dispatched),
-# and only its matrix products go through oneDNN.
+# these at start): "native" as the machine is; "avx2" as TensorFlow and PyTorch run with
+# mobilevision on a CPU with AVX2 and no AVX-512: their oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA)
+# and PyTorch's own kernels too (ATEN_CPU_CAPABILITY), TensorFlow's oneDNN ops on (as `import
+# mobilevision` sets TF_ENABLE_ONEDNN_OPTS=1 on x86-64); "avx2-eigen" as TensorFlow alone runs
+# there, its oneDNN ops off (TF_ENABLE_ONEDNN_OPTS=0, TensorFlow's default on CPUs without
+# AVX-512 VNNI / BF16 or AMX): its convolutions and BatchNorm are then its own Eigen kernels,
+# compiled for one ISA (not dispatched), and only its matrix products go through oneDNN.
 ISA_ENV = {"native": {},
-           "avx2": {ONEDNN_ISA_ENV: "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
-                    "TF_ENABLE_ONEDNN_OPTS": "0"}}
+           "avx2": {ONEDNN_ISA_ENV: "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+           "avx2-eigen": {ONEDNN_ISA_ENV: "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                          "TF_ENABLE_ONEDNN_OPTS": "0"}}
 ISA_CHILD = "_MOBILEVISION_BENCHMARK_ISA"  # set in a per-ISA child process
 
 

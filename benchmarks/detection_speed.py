@@ -161,7 +161,9 @@ def parse_args(argv=None):
     p.add_argument("--isa", default="native",
                    help="comma-separated instruction-set modes, each measured in a fresh "
                         "process: native (as the machine is), avx2 (TensorFlow's and PyTorch's "
-                        "oneDNN and PyTorch's own kernels held to AVX2); default native")
+                        "oneDNN and PyTorch's own kernels held to AVX2), avx2-eigen (also "
+                        "TensorFlow's oneDNN ops off, TensorFlow's own default on AVX2 CPUs); "
+                        "default native")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: alpha 0.35, 160 px, batch 4 (the peers: 160 px, batch 4), 3 steps "
                         "after 1 warmup, 1 repeat (about 1 min)")
@@ -859,7 +861,9 @@ def format_isas(result: dict) -> str:
                              f"{p['ratio']:.2f}x, target {p['target']}x)")
         m = r.get("machine") or {}
         held = m.get("onednn_max_cpu_isa") or "not held"
-        lines.append(f"    {isa:7s} oneDNN {m.get('onednn_isa') or '?'} ({held}): " + ", ".join(cells))
+        ops = {True: ", TF oneDNN ops on", False: ", TF oneDNN ops off"}.get(m.get("tf_onednn_ops"), "")
+        lines.append(f"    {isa:10s} oneDNN {m.get('onednn_isa') or '?'} ({held}{ops}): "
+                     + ", ".join(cells))
     return "\n".join(lines)
 
 

@@ -29,8 +29,9 @@ Op times summed over threads can exceed the wall step (2 inter-op threads run op
 so each side's shares are of its own summed op time; the wall step under the profiler is shown
 too. With --isa native,avx2 the whole measurement runs once per instruction set, each in a fresh
 process; avx2 runs both frameworks as on a CPU without AVX-512 (common.ISA_ENV:
-`ONEDNN_MAX_CPU_ISA=AVX2`, `ATEN_CPU_CAPABILITY=avx2`, and `TF_ENABLE_ONEDNN_OPTS=0`, since
-TensorFlow uses its oneDNN ops by default only on CPUs with AVX-512 VNNI / BF16 or AMX).
+`ONEDNN_MAX_CPU_ISA=AVX2`, `ATEN_CPU_CAPABILITY=avx2`), avx2-eigen also with TensorFlow's oneDNN
+ops off (`TF_ENABLE_ONEDNN_OPTS=0`, TensorFlow's own default on CPUs without AVX-512 VNNI / BF16
+or AMX, which `import mobilevision` overrides on x86-64).
 
 Writes the JSON (--json-out, default benchmarks/results/op_profile.json) and prints the table.
 """
@@ -71,6 +72,8 @@ TF_TYPES = {
                           "_MklNativeConv2DBackpropFilterWithBias"),
     "depthwise 3x3": ("DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropInput",
                       "DepthwiseConv2dNativeBackpropFilter", "_MklNativeDepthwiseConv2dNative",
+                      "_MklNativeDepthwiseConv2dNativeBackpropInput",
+                      "_MklNativeDepthwiseConv2dNativeBackpropFilter",
                       "_FusedDepthwiseConv2dNative", "_MklNativeFusedDepthwiseConv2dNative"),
     "ReLU6": ("Relu6", "Relu6Grad", "_MklNativeRelu6", "_MklNativeRelu6Grad"),
     "padding": ("Pad", "PadV2", "MirrorPad"),
@@ -106,8 +109,9 @@ def parse_args(argv=None):
     p.add_argument("--peer-python", default=os.environ.get("MOBILEVISION_PEER_PYTHON") or None,
                    help="a Python with torch and torchvision for peer b (as detection_speed.py)")
     p.add_argument("--isa", default="native",
-                   help="comma-separated: native (as the machine is) and/or avx2 (oneDNN and "
-                        "ATen held to AVX2), each in a fresh process (default: native)")
+                   help="comma-separated: native (as the machine is), avx2 (oneDNN and "
+                        "ATen held to AVX2), avx2-eigen (also TensorFlow's oneDNN ops off), "
+                        "each in a fresh process (default: native)")
     p.add_argument("--top", type=int, default=12, help="op types listed per side (default 12)")
     p.add_argument("--quick", action="store_true", help="alpha 0.35, 160 px, batch 4, 2 steps")
     p.add_argument("--json-out", default=str(DEFAULT_JSON), help="'-': JSON to stdout")

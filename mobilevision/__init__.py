@@ -20,16 +20,26 @@ benign C++ start-up lines (see mobilevision.tf_logs; MOBILEVISION_TF_LOGS=1 show
 """
 
 import os as _os
+import platform as _platform
 
 from mobilevision import tf_logs as _tf_logs
 
 _tf_logs.install()
-# TensorFlow's CPU tensors from its caching (BFC) allocator rather than malloc, unless the user
-# chose: with glibc's malloc every activation over 32 MB is a fresh mmap whose pages fault in on
-# every step (150 000 page faults per SSDLite-320 train step at batch 8); cached, they do not, and
-# the step is 10-15% faster on 2-core machines (docs/training.md, "Speed"). Read by TensorFlow
-# when it creates its CPU allocator, so it is set before TensorFlow is imported.
-_os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+# Two TensorFlow settings for training speed on a CPU, unless the user chose (docs/training.md,
+# "Precision and speed"; both are read when TensorFlow starts, so they are set before it is
+# imported):
+# - TF_ENABLE_ONEDNN_OPTS=1 on x86-64: TensorFlow turns its oneDNN kernels (convolutions, fused
+#   BatchNorm) on by default only on CPUs with AVX-512 VNNI / BF16 or AMX, and runs its own Eigen
+#   ones elsewhere; oneDNN dispatches to AVX2 as well, and trained the SSDLite-320 step about 1.6x
+#   faster than Eigen when held to AVX2 (benchmarks/README.md).
+# - TF_CPU_ALLOCATOR_USE_BFC=true where those oneDNN ops are off: with glibc's malloc each
+#   activation over 32 MB of the Eigen kernels is a fresh mmap whose pages fault in every step
+#   (150 000 faults per SSDLite-320 step); TensorFlow's caching allocator avoids that. With the
+#   oneDNN ops on it made the step 5-12% slower, so there it stays off.
+if _platform.machine().lower() in ("x86_64", "amd64"):
+    _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+if _os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("", "0", "false"):
+    _os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 from mobilevision.api import Model, Run, load, load_keras, train  # noqa: E402
 from mobilevision.config import ConfigError, load_config  # noqa: E402

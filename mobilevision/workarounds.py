@@ -3,8 +3,8 @@ it is needed, and `tests/test_workarounds.py` holds a test per workaround that f
 upstream behaves (so the workaround can go).
 
 1. `BatchNormalization`: Keras 3 trains BatchNorm through a chain of unfused ops
-   (keras-team/keras-core#225); this layer trains with a written-out gradient (float32) or
-   TensorFlow's fused kernel (bfloat16, float16).
+   (keras-team/keras-core#225); this layer trains with TensorFlow's fused kernel (where its
+   oneDNN ops are on, and in bfloat16 / float16) or a written-out gradient (float32 elsewhere).
 2. `patch_fit`: Keras' `fit` of a model built under a tf.distribute strategy draws one batch
    from a fresh iterator before training (so a seeded, reshuffled dataset starts on its second
    order), and under MultiWorkerMirroredStrategy reduces nested batches and scalar metrics in
@@ -26,16 +26,17 @@ closed without restoring the fused kernel; Keras 3.15's layer still has no `fuse
 
 `BatchNormalization` here is that layer with one change: under the TensorFlow backend, in
 training mode, for a 4-D channels-last input without a mask, renorm or synchronized statistics,
-it computes the batch statistics and the normalization as one scale and shift per channel, with
-its gradient written out (`_batch_norm_train`, a `tf.custom_gradient`: dx = dy * scale + x * c1
-+ c0 after two per-channel sums, d gamma and d beta from the same sums), in float32, where
-TensorFlow's oneDNN ops are off (the default on CPUs without AVX-512 VNNI / BF16 or AMX: then
-TensorFlow's fused kernel is its own Eigen one). Where oneDNN's ops are on, and for bfloat16 and
-float16 activations, it calls `tf.compat.v1.nn.fused_batch_norm` (oneDNN's kernel there, which
-made the step 1.5-1.7x faster than Keras' layer on an AVX-512 machine). On the SSDLite-320 train
-step (batch 8, 2 cores, AMD EPYC Zen 3, AVX2) the written-out form took the step from 1894 to
-1778 ms against the Eigen fused kernel (one process, alternating), and the BatchNorm layers alone
-(forward + backward, every shape of the network) about 18% less time (benchmarks/README.md). Everything else (inference, other backends, masks,
+it trains with `tf.compat.v1.nn.fused_batch_norm` where TensorFlow's oneDNN ops are on (oneDNN's
+kernel: on by default on x86-64, since `import mobilevision` sets TF_ENABLE_ONEDNN_OPTS=1) and for
+bfloat16 and float16 activations; otherwise, in float32, it computes the batch statistics and the
+normalization as one scale and shift per channel, with its gradient written out
+(`_batch_norm_train`, a `tf.custom_gradient`: dx = dy * scale + x * c1 + c0 after two
+per-channel sums, d gamma and d beta from the same sums), which beats TensorFlow's own Eigen fused
+kernel. The 76 BatchNorm layers of SSDLite-320 at batch 8, forward + backward, 2 cores of an AMD
+EPYC Zen 5 (benchmarks/README.md): oneDNN's fused kernel 122 ms (AVX-512) and 147 ms (held to
+AVX2); with the oneDNN ops off, the written-out form 258 ms, the Eigen fused kernel 289, Keras'
+chain 402. $MOBILEVISION_BATCH_NORM (written, fused or keras) forces one, for measuring
+(`_train_formulation`). Everything else (inference, other backends, masks,
 `synchronized=True` under tf.distribute) is Keras' own code. The weights (gamma, beta,
 moving_mean, moving_variance), their names and order, the moving-average update and the config
 are Keras' own, so weight files and keras.applications weights load unchanged, and
@@ -60,7 +61,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 and len(inputs.shape) == 4 and self.axis in (-1, 3, [3], [-1]))
 
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, training, mask):
+        if not self._fusable(inputs, training, mask) or _train_formulation() == "keras":
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
@@ -70,7 +71,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         channels = x.shape[-1]
         gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
         beta = self.beta if self.center else tf.zeros([channels], tf.float32)
-        if x.dtype == tf.float32 and not _onednn_ops():
+        if x.dtype == tf.float32 and _train_formulation() == "written":
             y, mean, variance = _batch_norm_train(x, tf.cast(gamma, tf.float32),
                                                   tf.cast(beta, tf.float32), self.epsilon)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
@@ -90,6 +91,26 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.moving_variance.assign(self.moving_variance * self.momentum
                                     + variance * (1.0 - self.momentum))
         return tf.cast(y, self.compute_dtype)
+
+
+BATCH_NORM_ENV = "MOBILEVISION_BATCH_NORM"
+BATCH_NORM_FORMULATIONS = ("auto", "written", "fused", "keras")
+
+
+def _train_formulation() -> str:
+    """How a float32 BatchNorm trains under TensorFlow: `written` (the written-out gradient) or
+    `fused` (FusedBatchNormV3) as `_onednn_ops` picks, unless $MOBILEVISION_BATCH_NORM names one
+    of BATCH_NORM_FORMULATIONS (`keras`: Keras' own unfused layer), which the benchmarks use to
+    compare them on one machine. Read when a train step is traced."""
+    import os
+
+    value = os.environ.get(BATCH_NORM_ENV, "auto").strip().lower() or "auto"
+    if value not in BATCH_NORM_FORMULATIONS:
+        raise ValueError(f"${BATCH_NORM_ENV}={value!r}: expected one of "
+                         f"{', '.join(BATCH_NORM_FORMULATIONS)}")
+    if value == "auto":
+        return "fused" if _onednn_ops() else "written"
+    return value
 
 
 def _onednn_ops() -> bool:

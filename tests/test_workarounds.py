@@ -47,7 +47,12 @@ def _grads(layer, x, upstream, training):
                                     dict(epsilon=1e-5, momentum=0.9997),
                                     dict(epsilon=1e-3, momentum=0.99, center=False, scale=False)])
 @pytest.mark.parametrize("training", [True, False])
-def test_matches_keras_layer_outputs_statistics_and_gradients(kwargs, training):
+@pytest.mark.parametrize("formulation", ["written", "fused"])
+def test_matches_keras_layer_outputs_statistics_and_gradients(kwargs, training, formulation,
+                                                              monkeypatch):
+    """Both training formulations (which one a machine takes depends on TensorFlow's oneDNN
+    ops: `_train_formulation`), forced here through $MOBILEVISION_BATCH_NORM."""
+    monkeypatch.setenv("MOBILEVISION_BATCH_NORM", formulation)
     channels = 24
     ours, theirs = _pair(channels, **kwargs)
     rng = np.random.default_rng(0)
@@ -268,3 +273,54 @@ def test_written_out_gradient_matches_tensorflows_fused_kernel_in_a_graph():
     for name, u, v in zip(names, ours, fused):
         scale = max(1.0, float(np.abs(v).max()))
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=2e-5 * scale, err_msg=name)
+
+
+def test_batch_norm_formulation_follows_onednn_unless_named(monkeypatch):
+    from mobilevision import workarounds
+
+    monkeypatch.delenv("MOBILEVISION_BATCH_NORM", raising=False)
+    expected = "fused" if workarounds._onednn_ops() else "written"
+    assert workarounds._train_formulation() == expected
+    layer = BatchNormalization()
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32"))
+
+    def op_types():  # of the training-mode call, traced afresh
+        graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(x).graph
+        return {op.type for op in graph.get_operations()}
+
+    for name, present, absent in [("written", "IdentityN", "FusedBatchNormV3"),  # custom gradient
+                                  ("fused", "FusedBatchNormV3", "IdentityN"),
+                                  ("keras", "SquaredDifference", "FusedBatchNormV3")]:
+        monkeypatch.setenv("MOBILEVISION_BATCH_NORM", name)
+        types = op_types()
+        assert present in types and absent not in types, (name, sorted(types))
+    monkeypatch.setenv("MOBILEVISION_BATCH_NORM", "fast")
+    with pytest.raises(ValueError, match=r"\$MOBILEVISION_BATCH_NORM='fast': expected one of "
+                                         r"auto, written, fused, keras"):
+        layer(x, training=True)
+
+
+def test_import_sets_tensorflows_speed_settings_unless_the_user_did():
+    """`import mobilevision` turns TensorFlow's oneDNN ops on (x86-64) and its caching allocator
+    on where those ops are off, before TensorFlow is imported, and keeps what the user set."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    code = ("import os, sys, mobilevision; assert 'tensorflow' not in sys.modules; "
+            "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), "
+            "os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'))")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPU_ALLOCATOR_USE_BFC")}
+
+    def settings(**env):
+        out = subprocess.run([sys.executable, "-c", code], env={**base, **env},
+                             capture_output=True, text=True, check=True).stdout
+        return out.split()
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert settings() == (["1", "None"] if x86 else ["None", "true"])
+    assert settings(TF_ENABLE_ONEDNN_OPTS="0") == ["0", "true"]
+    assert settings(TF_ENABLE_ONEDNN_OPTS="0", TF_CPU_ALLOCATOR_USE_BFC="false") == ["0", "false"]
+    assert settings(TF_ENABLE_ONEDNN_OPTS="1", TF_CPU_ALLOCATOR_USE_BFC="true") == ["1", "true"]

@@ -7,6 +7,8 @@
     runs/<name>/metrics.csv              one row per epoch (column `epoch` counts from 1)
     runs/<name>/logs/                    TensorBoard
     runs/<name>/data.json                the data report, written before training
+    runs/<name>/startup.json             seconds from the command to the first train step, by
+                                         phase (StartupClock)
     runs/<name>/weights.json             with model.weights or model.backbone.weights: each
                                          layer loaded from the file or started fresh
     runs/<name>/eval.json                metrics of the best checkpoint on the validation split
@@ -159,6 +161,72 @@ class MetricsLog(keras.callbacks.Callback):
         atomic_write_text(self.path, buf.getvalue())
 
 
+def seconds_since_process_start() -> float | None:
+    """Wall seconds since this process started (Linux's /proc), None where that cannot be read:
+    what the interpreter's start and the imports took before `train` was called."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class StartupClock(keras.callbacks.Callback):
+    """Where the time from the command to the first train step goes: `mark(phase)` as each
+    phase of `train` ends (start-up, i.e. interpreter and imports, comes from the process's own
+    start), then as a callback the first step (the first batch drawn, the train function traced
+    and run once) and the second (what a step costs once traced). The chief writes the split to
+    `startup.json` when the second step ends, and prints it after the first epoch."""
+
+    def __init__(self, path: Path | None = None):
+        super().__init__()
+        self.path, self.phases = path, {}
+        self._t = time.perf_counter()
+        since_start = seconds_since_process_start()
+        if since_start is not None:
+            self.phases["start-up"] = round(since_start, 2)
+        self._steps, self._printed = 0, False
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - self._t, 2)
+        self._t = now
+
+    def on_train_begin(self, logs=None):
+        self.mark("other")  # checks, callbacks and fit's own set-up since the last mark
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self._steps == 1:
+            self.mark("first step")
+        elif self._steps == 2:
+            self.mark("second step")
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._steps == 1:  # a one-step epoch: no second step to wait for
+            self._write()
+        if not self._printed and self.path is not None:
+            self._printed = True
+            print(self.describe())
+
+    def total(self) -> float:
+        return round(sum(v for k, v in self.phases.items() if k != "second step"), 2)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.phases.items()
+                          if k != "second step" and v >= 0.05)
+        later = self.phases.get("second step")
+        later = f"; the next step took {later:.2f} s" if later is not None else ""
+        return f"first train step {self.total():.1f} s after the command ({parts}){later}"
+
+    def _write(self) -> None:
+        if self.path is not None:
+            atomic_write_json(self.path, {"seconds_to_first_step": self.total(),
+                                          "phases": self.phases})
+
+
 class SkipReport(keras.callbacks.Callback):
     """Prints, once each, the input files the pipeline skipped as unreadable."""
 
@@ -259,6 +327,7 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     from mobilevision.tasks import distribute as dist
     from mobilevision.workarounds import patch_fit
 
+    clock = StartupClock()
     run = run_dir_for(cfg, output)
     ckpt_dir = run / "checkpoints"
     last = ckpt_dir / LAST
@@ -296,13 +365,18 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
               f"batch {cfg.train.batch_size}, {cfg.train.batch_size // replicas} per replica")
 
     task = TASKS[cfg.task]
+    clock.mark("set-up")
     prepare_data(cfg)
+    clock.mark("data generation")
     source = source_for(cfg)
+    clock.mark("data index")
     # The model first: a detector's anchors, which its training targets need, come from the
     # maps its head built.
     with strategy.scope():
         model = build_model(cfg)
+    clock.mark("model")
     train_ds, n_train = _training_data(source, model, strategy)
+    clock.mark("input pipeline")
     names = source.class_names
     report = weights_report(model)
     if chief and report is not None and not (resume and last.exists()):
@@ -314,6 +388,7 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
         from mobilevision.report import write_data_report
 
         write_data_report(source, [cfg.data.train_split, cfg.data.val_split], run)
+    clock.mark("data report")
     # The training data repeats; an epoch is counted in steps, so it stays the same length when
     # unreadable files are skipped.
     steps = cfg.train.steps_per_epoch or max(1, n_train // cfg.train.batch_size)
@@ -348,8 +423,11 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
             problem = e
     _stop_together(dist, strategy, problem, kind, index)
 
+    clock.mark("compile")
     guard = NaNGuard()
-    callbacks = [guard]
+    if chief:
+        clock.path = run / "startup.json"
+    callbacks = [guard, clock]
     if cfg.train.freeze_backbone_epochs:  # every worker: it changes what the step trains
         from mobilevision.freeze import FreezeBackbone
 

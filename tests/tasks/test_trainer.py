@@ -71,6 +71,13 @@ def test_run_directory_holds_config_checkpoints_metrics_logs_and_plots(trained_r
     assert any(p.endswith("val/circle/empty.png") and "empty" in r for p, r in skipped.items())
     assert written["top1"] == pytest.approx(best["best"], abs=1e-6)  # eval.json is the best epoch
     assert not list((out / "checkpoints").glob(".*tmp*"))  # no temporary files left behind
+    startup = json.loads((out / "startup.json").read_text())  # where the wait before step 1 went
+    phases = startup["phases"]
+    assert {"data index", "model", "input pipeline", "compile", "first step",
+            "second step"} <= set(phases)
+    assert all(v >= 0 for v in phases.values()) and phases["first step"] > 0
+    assert startup["seconds_to_first_step"] == pytest.approx(
+        sum(v for k, v in phases.items() if k != "second step"), abs=0.05)
 
 
 def test_existing_run_is_kept_unless_resume_or_overwrite(trained_run):
