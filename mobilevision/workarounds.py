@@ -78,8 +78,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
             self.moving_variance.assign(self.moving_variance * self.momentum
                                         + variance * (1.0 - self.momentum))
             return tf.cast(y, self.compute_dtype)
-        # bfloat16 / float16 activations go in as they are: the kernel keeps its statistics
-        # and scale in float32 (Keras' own layer casts the whole activation to float32).
+        # bfloat16 / float16 activations go in as they are to TensorFlow's own kernel, which
+        # keeps its statistics and scale in float32; oneDNN's takes float32 (its 16-bit kernels
+        # need ISA support that ONEDNN_MAX_CPU_ISA can withhold: "could not create a primitive
+        # descriptor"), as Keras' own layer casts the whole activation to float32.
+        if x.dtype != tf.float32 and _onednn_ops():
+            x = tf.cast(x, tf.float32)
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             x, tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32), epsilon=self.epsilon,
             data_format="NHWC", is_training=True)
