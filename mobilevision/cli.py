@@ -112,6 +112,9 @@ def _user_errors() -> tuple:
 def _train(args) -> int:
     from mobilevision.api import train
     from mobilevision.runs import dumps_metrics
+    from mobilevision.tasks import trainer
+
+    trainer.STARTED_BY_COMMAND = True  # the wait to the first step counts from process start
 
     run = train(args.config, *args.overrides, output=args.output, resume=args.resume,
                 overwrite=args.overwrite)

@@ -61,7 +61,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 and len(inputs.shape) == 4 and self.axis in (-1, 3, [3], [-1]))
 
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, training, mask) or _train_formulation() == "keras":
+        formulation = _train_formulation() if self._fusable(inputs, training, mask) else "keras"
+        if formulation == "keras":
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
@@ -71,7 +72,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         channels = x.shape[-1]
         gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
         beta = self.beta if self.center else tf.zeros([channels], tf.float32)
-        if x.dtype == tf.float32 and _train_formulation() == "written":
+        if x.dtype == tf.float32 and formulation == "written":
             y, mean, variance = _batch_norm_train(x, tf.cast(gamma, tf.float32),
                                                   tf.cast(beta, tf.float32), self.epsilon)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))

@@ -33,6 +33,10 @@ def train_demo(config: str, tmp_path: Path, *overrides: str):
     stdout = script("train", "--config", config, "--output", str(out),
                     f"data.root={tmp_path / 'data'}", "train.verbose=2", *overrides)
     assert str(out / "eval.json") in stdout  # the command says where the results are
+    # ... and how long the first train step took to come, counted from the process's start
+    phases = json.loads((out / "startup.json").read_text())["phases"]
+    assert phases["start-up"] > 0 and "first train step" in stdout
+    assert "after the command (start-up" in stdout
     return json.loads((out / "eval.json").read_text()), stdout
 
 

@@ -7,8 +7,8 @@
     runs/<name>/metrics.csv              one row per epoch (column `epoch` counts from 1)
     runs/<name>/logs/                    TensorBoard
     runs/<name>/data.json                the data report, written before training
-    runs/<name>/startup.json             seconds from the command to the first train step, by
-                                         phase (StartupClock)
+    runs/<name>/startup.json             seconds from the command (or the train call) to the
+                                         first train step, by phase (StartupClock)
     runs/<name>/weights.json             with model.weights or model.backbone.weights: each
                                          layer loaded from the file or started fresh
     runs/<name>/eval.json                metrics of the best checkpoint on the validation split
@@ -172,20 +172,28 @@ def seconds_since_process_start() -> float | None:
         return None
 
 
+# Set by the `train` command (mobilevision.cli) before it calls `train`: then the process's
+# own start is where the wait began. Called from Python, the process may be hours old (a
+# notebook), so the clock starts when `train` is called.
+STARTED_BY_COMMAND = False
+
+
 class StartupClock(keras.callbacks.Callback):
-    """Where the time from the command to the first train step goes: `mark(phase)` as each
-    phase of `train` ends (start-up, i.e. interpreter and imports, comes from the process's own
-    start), then as a callback the first step (the first batch drawn, the train function traced
-    and run once) and the second (what a step costs once traced). The chief writes the split to
-    `startup.json` when the second step ends, and prints it after the first epoch."""
+    """Where the time from the command (or the `train` call) to the first train step goes:
+    `mark(phase)` as each phase of `train` ends (start-up, i.e. interpreter and imports, from the
+    process's own start when STARTED_BY_COMMAND), then as a callback the first step (the first
+    batch drawn, the train function traced and run once) and the second (what a step costs once
+    traced). The chief writes the split to `startup.json` when the second step ends, and prints
+    it after the first epoch."""
 
     def __init__(self, path: Path | None = None):
         super().__init__()
         self.path, self.phases = path, {}
         self._t = time.perf_counter()
-        since_start = seconds_since_process_start()
+        since_start = seconds_since_process_start() if STARTED_BY_COMMAND else None
         if since_start is not None:
             self.phases["start-up"] = round(since_start, 2)
+        self._start = "the command" if STARTED_BY_COMMAND else "train() was called"
         self._steps, self._printed = 0, False
 
     def mark(self, phase: str) -> None:
@@ -219,7 +227,7 @@ class StartupClock(keras.callbacks.Callback):
                           if k != "second step" and v >= 0.05)
         later = self.phases.get("second step")
         later = f"; the next step took {later:.2f} s" if later is not None else ""
-        return f"first train step {self.total():.1f} s after the command ({parts}){later}"
+        return f"first train step {self.total():.1f} s after {self._start} ({parts}){later}"
 
     def _write(self) -> None:
         if self.path is not None:

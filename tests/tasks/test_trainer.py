@@ -76,6 +76,7 @@ def test_run_directory_holds_config_checkpoints_metrics_logs_and_plots(trained_r
     assert {"data index", "model", "input pipeline", "compile", "first step",
             "second step"} <= set(phases)
     assert all(v >= 0 for v in phases.values()) and phases["first step"] > 0
+    assert "start-up" not in phases  # train() called from Python: counted from that call
     assert startup["seconds_to_first_step"] == pytest.approx(
         sum(v for k, v in phases.items() if k != "second step"), abs=0.05)
 
