@@ -203,8 +203,8 @@ def _check_image(path, cache_dir, key, decoder) -> dict:
             fmt, mode = image.format, image.mode
     except Exception:  # read by the OpenCV fallback, which applies the orientation itself
         orientation, fmt, mode = 1, "image", "Pillow cannot open"
-    why = _graph_difference(decoder, data, pixels, orientation)
-    entry = _entry(st, orientation, data)
+    why, fingerprint = _graph_difference(decoder, data, pixels, orientation)
+    entry = _entry(st, orientation, data, fingerprint)
     if why is not None:
         _write_copy(cache_dir, key, pixels, decoder, entry, f"{fmt} {mode}: {why}")
     return entry
@@ -225,29 +225,32 @@ def _check_label(path, cache_dir, key, decoder) -> dict:
         return _skip(str(e), st)
     if st is None:  # pragma: no cover - appeared between the two calls
         return _skip("file changed while it was verified", None)
-    why = _graph_difference(decoder, data, values, None)
-    entry = _entry(st, 1, data)
+    why, fingerprint = _graph_difference(decoder, data, values, None)
+    entry = _entry(st, 1, data, fingerprint)
     if why is not None:
         _write_copy(cache_dir, key, values, decoder, entry, why)
     return entry
 
 
-def _graph_difference(decoder, data, reference, orientation) -> str | None:
-    """None when the graph decoder gives `reference` exactly for `data`, else what differs."""
+def _graph_difference(decoder, data, reference, orientation) -> tuple[str | None, int | None]:
+    """-> (why, fingerprint): why is None when the graph decoder gives `reference` exactly for
+    `data`, else what differs; fingerprint is `data`'s (from the same graph call), or None when
+    TensorFlow could not decode it."""
     import tensorflow as tf
 
     try:
-        got = decoder(data, orientation).numpy()
+        got, fingerprint = decoder(data, orientation)
+        got, fingerprint = got.numpy(), int(fingerprint)
     except (tf.errors.OpError, ValueError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"TensorFlow cannot decode it ({message[:120]})"
+        return f"TensorFlow cannot decode it ({message[:120]})", None
     if got.shape != reference.shape:
-        return f"TensorFlow decodes it {got.shape}, Pillow {reference.shape}"
+        return f"TensorFlow decodes it {got.shape}, Pillow {reference.shape}", fingerprint
     if not np.array_equal(got, reference):
         diff = np.abs(got.astype(np.int16) - reference.astype(np.int16))
         return (f"TensorFlow's pixels differ from Pillow's (max {int(diff.max())} levels, "
-                f"{np.mean(diff > 0):.0%} of values)")
-    return None
+                f"{np.mean(diff > 0):.0%} of values)"), fingerprint
+    return None, fingerprint
 
 
 def _write_copy(cache_dir, key, pixels, decoder, entry, why) -> None:
@@ -260,11 +263,12 @@ def _write_copy(cache_dir, key, pixels, decoder, entry, why) -> None:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)  # RGB or L, 8 bit
     data = buffer.getvalue()
-    if _graph_difference(decoder, data, pixels, 1) is not None:  # pragma: no cover - a TF bug
+    why_not, fingerprint = _graph_difference(decoder, data, pixels, 1)
+    if why_not is not None:  # pragma: no cover - a TF bug
         raise RuntimeError(f"{key}: TensorFlow does not decode its PNG copy exactly")
     name = hashlib.sha1(key.encode("utf-8")).hexdigest()[:20] + ".png"
     atomic_write_bytes(Path(cache_dir) / COPY_FOLDER / name, data)
-    entry.update(copy=name, nbytes=len(data), fingerprint=_fingerprint_of(data), why=why,
+    entry.update(copy=name, nbytes=len(data), fingerprint=fingerprint, why=why,
                  orientation=1)
 
 
@@ -279,10 +283,12 @@ _ENTRY_FIELDS = {"size", "mtime_ns", "ok", "reason", "orientation", "copy", "why
                  "fingerprint"}
 
 
-def _entry(st, orientation, data) -> dict:
+def _entry(st, orientation, data, fingerprint=None) -> dict:
+    """A verified file's cache entry; `fingerprint`: the data's, when the decoding graph already
+    computed it."""
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ok": True, "reason": None,
             "orientation": int(orientation), "copy": None, "why": None, "nbytes": len(data),
-            "fingerprint": _fingerprint_of(data)}
+            "fingerprint": _fingerprint_of(data) if fingerprint is None else fingerprint}
 
 
 def _fingerprint_of(data: bytes) -> int:
@@ -307,20 +313,24 @@ _decoders_lock = threading.Lock()
 
 
 def _graph_decoder(kind):
-    """(bytes, orientation) -> tensor: the pipeline's own decode function, traced once."""
+    """(bytes, orientation) -> (decoded tensor, content_fingerprint of the bytes): the pipeline's
+    own decode function and fingerprint, traced once into one graph (one call per file)."""
     import tensorflow as tf
 
-    from mobilevision.data.graph_decode import graph_decode_image, graph_decode_label
+    from mobilevision.data.graph_decode import (content_fingerprint, graph_decode_image,
+                                                graph_decode_label)
 
     with _decoders_lock:
         if kind not in _decoders:
             if kind == "image":
-                fn = tf.function(graph_decode_image, input_signature=[
-                    tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
+                fn = tf.function(lambda data, orientation: (
+                    graph_decode_image(data, orientation), content_fingerprint(data)),
+                    input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
                 _decoders[kind] = lambda data, orientation: fn(tf.constant(data),
                                                                tf.constant(orientation, tf.int32))
             else:
-                fn = tf.function(graph_decode_label, input_signature=[tf.TensorSpec([], tf.string)])
+                fn = tf.function(lambda data: (graph_decode_label(data), content_fingerprint(data)),
+                                 input_signature=[tf.TensorSpec([], tf.string)])
                 _decoders[kind] = lambda data, orientation: fn(tf.constant(data))
         return _decoders[kind]
 
