@@ -202,7 +202,7 @@ def test_short_training_run_learns_and_writes_metrics(shapes_seg, tmp_path, png_
                                            "hexagon"}
     for key in ("mIoU", "pixel_accuracy"):
         assert isinstance(saved[key], float) and saved[key] == pytest.approx(results[key])
-    assert saved["scales"] == [1.0] and saved["flip"] is True
+    assert saved["scales"] == [1.0, 1.5] and saved["flip"] is True  # the demo config's two scales
     with open(tmp_path / "run" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and "val_mIoU" in rows[0]
