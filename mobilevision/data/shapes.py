@@ -23,11 +23,13 @@ seeded by (seed, kind, split, index), so it does not depend on thread count or o
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -53,6 +55,7 @@ _KIND_CODES = {"classification": 1, "detection": 2, "segmentation": 3}
 _SPLIT_CODES = {"train": 1, "val": 2}
 _JPEG_QUALITY = 90
 _MAX_WORKERS = 4
+_PROCESS_MIN_IMAGES = 1000  # a split this large is shared with worker processes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,14 +375,65 @@ def _write_image(path: Path, image: np.ndarray) -> None:
     path.write_bytes(encoded.tobytes())
 
 
-def _parallel_map(fn, n: int, split: str) -> list:
-    """[fn(i) for i in range(n)] on a few threads (OpenCV and zlib release the GIL); ordered.
-    Reports each finished image of `split` to the progress line `ensure_shapes` opened, if any."""
+def _make_classification(index, *, split, root, size, seed, texture_contrast):
+    class_id = index % len(SHAPE_CLASSES)
+    rng = _rng(seed, "classification", split, index)
+    image, _ = render_scene(rng, tuple(size), class_ids=[class_id], min_size_frac=0.45, max_size_frac=0.85,
+                            noise_std=(0.0, 2.0), blur_prob=0.0, texture_contrast=texture_contrast)
+    suffix = ".png" if index % 4 == 3 else ".jpg"
+    _write_image(Path(root) / split / SHAPE_CLASSES[class_id] / f"{index:05d}{suffix}", image)
+    return class_id
+
+
+def _make_detection(index, *, split, image_dir, size, seed, objects_per_image, min_size_frac,
+                    texture_contrast):
+    rng = _rng(seed, "detection", split, index)
+    image, objects = render_scene(rng, tuple(size), num_objects=tuple(objects_per_image),
+                                  min_size_frac=min_size_frac, max_size_frac=0.6,
+                                  texture_contrast=texture_contrast)
+    file_name = f"{index + 1:06d}.jpg"
+    _write_image(Path(image_dir) / file_name, image)
+    anns = [
+        {"category_id": coco_category_id(o["class_id"]), "bbox": o["bbox"], "area": float(o["area"]),
+         "iscrowd": 0, "segmentation": _segmentation_polygons(o)}
+        for o in objects
+    ]
+    return {"id": index + 1, "file_name": file_name, "width": size[1], "height": size[0]}, anns
+
+
+def _make_segmentation(index, *, split, root, size, seed, texture_contrast):
+    h, w = size
+    rng = _rng(seed, "segmentation", split, index)
+    image, objects = render_scene(rng, (h, w), num_objects=(1, 4), min_size_frac=0.12, max_size_frac=0.6,
+                                  texture_contrast=texture_contrast)
+    image_id = f"{split}_{index:06d}"
+    _write_image(Path(root) / "JPEGImages" / f"{image_id}.jpg", image)
+    label = Image.fromarray(_label_map(objects, h, w))
+    label.putpalette(_VOC_PALETTE)  # turns the "L" image into "P"
+    label.save(Path(root) / "SegmentationClass" / f"{image_id}.png", optimize=False)
+    return image_id, len(objects)
+
+
+# One image of each kind: (index, split=..., **args) -> what the generator collects. The args are
+# JSON values (paths as strings), so that a worker process can be sent them.
+_MAKERS = {"classification": _make_classification, "detection": _make_detection,
+           "segmentation": _make_segmentation}
+
+
+def _parallel_map(kind: str, n: int, split: str, **args) -> list:
+    """[maker(i) for i in range(n)] for `kind`'s maker, ordered. Rendering is mostly small numpy
+    operations that hold the GIL (threads gained 1.2-1.3x on 2 cores), so a large split
+    (`_PROCESS_MIN_IMAGES` or more) is shared with worker processes; a small one runs on a few
+    threads (OpenCV and zlib release the GIL), where starting interpreters would cost more than it
+    saves. Reports each finished image of `split` to the progress line `ensure_shapes` opened."""
+    make = functools.partial(_MAKERS[kind], split=split, **args)
     workers = min(_MAX_WORKERS, os.cpu_count() or 1)
     if workers <= 1 or n < 16:
-        return _collect(map(fn, range(n)), split)
+        return _collect(map(make, range(n)), split)
+    if n >= _PROCESS_MIN_IMAGES and sys.executable:
+        return _in_processes(make, kind, n, split, args, workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return _collect(pool.map(fn, range(n)), split)
+        return _collect(pool.map(make, range(n)), split)
 
 
 def _collect(results, split: str) -> list:
@@ -389,6 +443,107 @@ def _collect(results, split: str) -> list:
         if progress is not None:
             progress.update(split, len(done))
     return done
+
+
+def _in_processes(make, kind, n, split, args, workers) -> list:
+    """Images [0, n) in `workers` processes, each a contiguous block: this process renders the
+    first (and reports progress for all), `workers - 1` fresh interpreters the others. They are
+    started with `python -c`, not forked (the caller may hold TensorFlow's threads) and not through
+    multiprocessing (whose spawn would re-run the caller's main script), and send their results
+    back as JSON. Output is byte-identical to one process's: each image has its own seed."""
+    bounds = [n * k // workers for k in range(workers + 1)]
+    progress = _PROGRESS.get()
+    children = []
+
+    def report(own):
+        if progress is not None:
+            progress.update(split, own + sum(c.done for c in children))
+
+    try:
+        for k in range(1, workers):
+            children.append(_Worker(kind, split, args, bounds[k], bounds[k + 1]))
+        results = []
+        for i in range(bounds[1]):
+            results.append(make(i))
+            report(len(results))
+        for child in children:
+            while not child.finished(timeout=0.2):
+                report(bounds[1])
+            results.extend(child.results())
+        report(bounds[1])
+        return results
+    finally:
+        for child in children:
+            child.close()
+
+
+class _Worker:
+    """A `python -c` process rendering images [start, stop) of one split (`_worker_main`). It
+    prints `p <done>` as it goes and `r <JSON list of results>` at the end; its stderr goes to a
+    temporary file that a failure quotes."""
+
+    def __init__(self, kind, split, args, start, stop):
+        import subprocess
+        import tempfile
+
+        self.kind, self.split, self.start, self.stop = kind, split, start, stop
+        self.done, self._results = 0, None
+        self._stderr = tempfile.TemporaryFile()
+        package_parent = str(Path(__file__).resolve().parents[2])  # where `mobilevision` imports from
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from mobilevision.data.shapes import _worker_main; _worker_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+        job = {"kind": kind, "split": split, "args": args, "start": start, "stop": stop}
+        self._process.stdin.write(json.dumps(job).encode("utf-8"))
+        self._process.stdin.close()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self._process.stdout:
+            if line.startswith(b"p "):
+                self.done = int(line[2:])
+            elif line.startswith(b"r "):
+                self._results = json.loads(line[2:])
+                self.done = len(self._results)
+
+    def finished(self, timeout: float) -> bool:
+        self._reader.join(timeout)
+        return not self._reader.is_alive()
+
+    def results(self) -> list:
+        code = self._process.wait()
+        if code != 0 or self._results is None or len(self._results) != self.stop - self.start:
+            self._stderr.seek(0)
+            tail = self._stderr.read().decode("utf-8", "replace")[-3000:]
+            raise RuntimeError(
+                f"shapes generation: the worker process for {self.kind} {self.split} images "
+                f"{self.start}..{self.stop - 1} failed (exit status {code}); its output:\n{tail}")
+        return self._results
+
+    def close(self):
+        if self._process.poll() is None:  # interrupted, or another worker failed
+            self._process.kill()
+            self._process.wait()
+        self._reader.join(1.0)
+        self._process.stdout.close()
+        self._stderr.close()
+
+
+def _worker_main() -> None:
+    """The worker process's side of `_Worker`: read the job from stdin, render, report."""
+    job = json.loads(sys.stdin.read())
+    make = functools.partial(_MAKERS[job["kind"]], split=job["split"], **job["args"])
+    results, out = [], sys.stdout
+    for index in range(job["start"], job["stop"]):
+        results.append(make(index))
+        if len(results) % 25 == 0:
+            out.write(f"p {len(results)}\n")
+            out.flush()
+    out.write("r " + json.dumps(results) + "\n")
+    out.flush()
 
 
 # The progress line of the generation running in this thread (set by ensure_shapes); a context
@@ -536,16 +691,8 @@ def generate_classification(root, num_train: int = 1000, num_val: int = 200, ima
         for name in SHAPE_CLASSES:
             (root / split / name).mkdir(parents=True, exist_ok=True)
 
-        def make(index, split=split):
-            class_id = index % len(SHAPE_CLASSES)
-            rng = _rng(seed, "classification", split, index)
-            image, _ = render_scene(rng, size, class_ids=[class_id], min_size_frac=0.45, max_size_frac=0.85,
-                                    noise_std=(0.0, 2.0), blur_prob=0.0, texture_contrast=texture_contrast)
-            suffix = ".png" if index % 4 == 3 else ".jpg"
-            _write_image(root / split / SHAPE_CLASSES[class_id] / f"{index:05d}{suffix}", image)
-            return class_id
-
-        labels = _parallel_map(make, count, split)
+        labels = _parallel_map("classification", count, split, root=str(root), size=list(size),
+                               seed=seed, texture_contrast=texture_contrast)
         summary["splits"][split] = {"images": count}
         summary["class_counts"][split] = {name: labels.count(i) for i, name in enumerate(SHAPE_CLASSES)}
     return _finish(root, "classification", params, summary)
@@ -593,21 +740,10 @@ def generate_detection(
         image_dir = root / split / "images"
         image_dir.mkdir(parents=True, exist_ok=True)
 
-        def make(index, split=split, image_dir=image_dir):
-            rng = _rng(seed, "detection", split, index)
-            image, objects = render_scene(rng, size, num_objects=tuple(objects_per_image),
-                                          min_size_frac=min_size_frac, max_size_frac=0.6,
-                                          texture_contrast=texture_contrast)
-            file_name = f"{index + 1:06d}.jpg"
-            _write_image(image_dir / file_name, image)
-            anns = [
-                {"category_id": coco_category_id(o["class_id"]), "bbox": o["bbox"], "area": float(o["area"]),
-                 "iscrowd": 0, "segmentation": _segmentation_polygons(o)}
-                for o in objects
-            ]
-            return {"id": index + 1, "file_name": file_name, "width": size[1], "height": size[0]}, anns
-
-        results = _parallel_map(make, count, split)
+        results = _parallel_map("detection", count, split, image_dir=str(image_dir),
+                                size=list(size), seed=seed,
+                                objects_per_image=list(objects_per_image),
+                                min_size_frac=min_size_frac, texture_contrast=texture_contrast)
         images, annotations = [], []
         for image_info, anns in results:  # ids assigned in index order: deterministic
             images.append(image_info)
@@ -676,18 +812,8 @@ def generate_segmentation(root, num_train: int = 1000, num_val: int = 200, image
                "ignore_label": IGNORE_LABEL, "image_size": [h, w], "splits": {}}
     for split, count in (("train", num_train), ("val", num_val)):
 
-        def make(index, split=split):
-            rng = _rng(seed, "segmentation", split, index)
-            image, objects = render_scene(rng, (h, w), num_objects=(1, 4), min_size_frac=0.12, max_size_frac=0.6,
-                                          texture_contrast=texture_contrast)
-            image_id = f"{split}_{index:06d}"
-            _write_image(root / "JPEGImages" / f"{image_id}.jpg", image)
-            label = Image.fromarray(_label_map(objects, h, w))
-            label.putpalette(_VOC_PALETTE)  # turns the "L" image into "P"
-            label.save(root / "SegmentationClass" / f"{image_id}.png", optimize=False)
-            return image_id, len(objects)
-
-        results = _parallel_map(make, count, split)
+        results = _parallel_map("segmentation", count, split, root=str(root), size=[h, w],
+                                seed=seed, texture_contrast=texture_contrast)
         ids = [r[0] for r in results]
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
         summary["splits"][split] = {"images": count, "objects": sum(r[1] for r in results)}

@@ -4,6 +4,7 @@ import functools
 import io
 import json
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -319,3 +320,40 @@ def test_progress_on_a_terminal_rewrites_one_line(monkeypatch):
                      "generated 4 images (segmentation) in data/x in 5.0 s"]
     # each rewrite covers the longer line before it
     assert all(len(a) >= len(b.rstrip()) for a, b in zip(text.split("\r")[2:], text.split("\r")[1:]))
+
+
+# ---------------------------------------------------------------- worker processes
+
+
+@pytest.mark.parametrize("kind", ["detection", "segmentation"])
+def test_worker_processes_write_what_one_process_writes(tmp_path, monkeypatch, capsys, kind):
+    # A large split is shared with `python -c` worker processes (2 workers on a 2-core machine):
+    # the files, the COCO JSON built from their results and the manifest are byte-identical.
+    params = dict(num_train=40, num_val=6, image_size=48)
+    monkeypatch.setattr(shapes, "_MAX_WORKERS", 1)
+    ensure_shapes(tmp_path / "one", kind, progress=False, **params)
+    monkeypatch.setattr(shapes, "_MAX_WORKERS", 3)
+    monkeypatch.setattr(shapes.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(shapes, "_PROCESS_MIN_IMAGES", 20)  # train in processes, val on threads
+    started = []
+    real_worker = shapes._Worker
+    monkeypatch.setattr(shapes, "_Worker", lambda *a: started.append(a[:2]) or real_worker(*a))
+    ensure_shapes(tmp_path / "many", kind, **params)
+    assert started == [(kind, "train"), (kind, "train")]
+    assert _files(tmp_path / "one") == _files(tmp_path / "many")
+    lines = capsys.readouterr().out.splitlines()
+    done = [int(m[1]) for m in (re.search(r": train (\d+)/40", line) for line in lines) if m]
+    # A line at each quarter of the 46 images; this process renders 13, so the third quarter's
+    # line (35 or more) counts the workers' images too.
+    assert done == sorted(done) and done[-1] >= 35
+
+
+def test_a_failing_worker_process_is_reported_with_its_output(tmp_path, monkeypatch):
+    monkeypatch.setattr(shapes, "_PROCESS_MIN_IMAGES", 20)
+    monkeypatch.setattr(shapes.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(shapes.sys, "executable", shutil.which("false"))
+    with pytest.raises(RuntimeError, match=r"worker process for classification train images 10\.\.19 "
+                                           r"failed \(exit status 1\)"):
+        ensure_shapes(tmp_path / "shapes", "classification", num_train=20, num_val=2, image_size=32,
+                      progress=False)
+    assert not (tmp_path / "shapes" / "shapes.json").exists()  # regenerated on the next call
