@@ -37,6 +37,7 @@ class Model:
         self.config, self.runtime, self.keras_model = config, runtime, keras_model
         self.path, self.run_folder = path, run_folder
         self._sized = {}
+        self._one_scale_noted = False
 
     @classmethod
     def from_keras(cls, model, cfg, *, names=None, run=None, weights=None) -> "Model":
@@ -69,7 +70,7 @@ class Model:
         if on_error not in ("raise", "keep"):
             raise ValueError(f"on_error must be 'raise' or 'keep', got {on_error!r}")
         items, single = _inputs(source)
-        settings = {**settings_from_config(self.task, self.config), **settings}
+        settings = self._settings(settings)
         batch_size = batch_size or KERAS_BATCH
         out, pending = [None] * len(items), []
 
@@ -105,9 +106,25 @@ class Model:
 
     def segmentation_options(self, scales=None, flip=None) -> dict:
         """The scales and flip segmentation runs with: the config's unless given."""
-        settings = settings_from_config("segmentation", self.config)
-        return {"scales": settings.get("scales", (1.0,)) if scales is None else scales,
-                "flip": settings.get("flip", False) if flip is None else flip}
+        given = {k: v for k, v in (("scales", scales), ("flip", flip)) if v is not None}
+        settings = self._settings(given)
+        return {"scales": settings.get("scales", (1.0,)), "flip": settings.get("flip", False)}
+
+    def _settings(self, given: dict) -> dict:
+        """What predict runs with: the config's settings (`settings_from_config`), then `given`.
+        A file has one input size: where its config asks for other segmentation scales too (the
+        shapes demo evaluates at 1.0 and 1.5), it runs at scale 1.0 with the config's flip and
+        says so once on stderr; other scales given in the call are an error (`_run_at`)."""
+        settings = settings_from_config(self.task, self.config)
+        scales = tuple(settings.get("scales", (1.0,)))
+        if self.keras_model is None and "scales" not in given and scales != (1.0,):
+            if not self._one_scale_noted:
+                self._one_scale_noted = True
+                print(f"note: an exported model has one input size, {self.input_size}: scale "
+                      f"1.0 only, not the config's eval.scales {list(scales)} (those need the "
+                      f"Keras model: the run folder or its weights)", file=sys.stderr)
+            settings["scales"] = (1.0,)
+        return {**settings, **given}
 
     def _run_at(self, size):
         """The model at input `size` (segmentation's other scales): a Keras model built at that
@@ -117,10 +134,9 @@ class Model:
         if size == self.input_size:
             return self._run
         if self.keras_model is None:
-            scales = self.segmentation_options()["scales"]
-            raise ConfigError(f"eval.scales is {list(scales)}, but an exported model has one "
-                              f"input size, {self.input_size}: use eval.scales=[1.0] (and the "
-                              f"same for the Keras model, to compare)")
+            raise ConfigError(f"a scale other than 1.0 asked for (input {list(size)}), but an "
+                              f"exported model has one input size, {self.input_size}: use "
+                              f"eval.scales=[1.0] (and the same for the Keras model, to compare)")
         from mobilevision.tasks import TASKS
 
         net = self._sized.get(size)

@@ -43,7 +43,8 @@ CASES = [(t, s) for t in CONFIGS for s in (8, 16, 32) if (t, s) != ("detection",
 
 
 @pytest.mark.parametrize("task_name, output_stride", CASES)
-def test_train_evaluate_export_at_output_stride(task_name, output_stride, data_roots, tmp_path):
+def test_train_evaluate_export_at_output_stride(task_name, output_stride, data_roots, tmp_path,
+                                                capsys):
     """In process, as the commands do it: a train step, `evaluate`, TFLite export and the
     exported file scored by the same evaluation (`evaluate --model`)."""
     cfg = mv.load_config(CONFIGS[task_name], _overrides(data_roots[task_name], output_stride))
@@ -66,10 +67,17 @@ def test_train_evaluate_export_at_output_stride(task_name, output_stride, data_r
             [-(-64 // output_stride // 2), -(-96 // output_stride // 2)]]
     metric = {"classification": "top1", "detection": "AP50", "segmentation": "mIoU"}[task_name]
     keras_model = Model.from_keras(model, cfg)
-    keras_eval = keras_model.evaluate("val")
+    # The segmenter's config evaluates at scales 1.0 and 1.5; a file has one input size, so it
+    # runs at 1.0 (and says so): the Keras model is compared at 1.0 too.
+    one_scale = {"scales": [1.0]} if task_name == "segmentation" else {}
+    keras_eval = keras_model.evaluate("val", **one_scale)
 
     files = keras_model.export(["tflite"], tmp_path, log=lambda *a: None)
+    capsys.readouterr()
     file_eval = mv.load(files["tflite"]).evaluate("val")
+    if task_name == "segmentation":
+        assert list(cfg.eval.scales) == [1.0, 1.5] and file_eval["scales"] == [1.0]
+        assert "note: an exported model has one input size" in capsys.readouterr().err
     assert file_eval["num_examples"] == keras_eval["num_examples"] == 4
     assert np.isfinite(keras_eval[metric]) and np.isfinite(file_eval[metric])
     if task_name != "detection":  # a float32 file answers as the model (NMS kernels differ)
