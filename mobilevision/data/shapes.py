@@ -496,8 +496,11 @@ class _Worker:
             [sys.executable, "-c", "from mobilevision.data.shapes import _worker_main; _worker_main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         job = {"kind": kind, "split": split, "args": args, "start": start, "stop": stop}
-        self._process.stdin.write(json.dumps(job).encode("utf-8"))
-        self._process.stdin.close()
+        try:
+            self._process.stdin.write(json.dumps(job).encode("utf-8"))
+            self._process.stdin.close()
+        except BrokenPipeError:  # it ended before reading: `results` reports its status and output
+            pass
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
