@@ -420,18 +420,23 @@ _MAKERS = {"classification": _make_classification, "detection": _make_detection,
            "segmentation": _make_segmentation}
 
 
+def _maker(kind: str, split: str, args: dict):
+    """index -> `kind`'s maker for one image of `split`, here or in a worker process."""
+    return functools.partial(_MAKERS[kind], split=split, **args)
+
+
 def _parallel_map(kind: str, n: int, split: str, **args) -> list:
     """[maker(i) for i in range(n)] for `kind`'s maker, ordered. Rendering is mostly small numpy
     operations that hold the GIL (threads gained 1.2-1.3x on 2 cores), so a large split
     (`_PROCESS_MIN_IMAGES` or more) is shared with worker processes; a small one runs on a few
     threads (OpenCV and zlib release the GIL), where starting interpreters would cost more than it
     saves. Reports each finished image of `split` to the progress line `ensure_shapes` opened."""
-    make = functools.partial(_MAKERS[kind], split=split, **args)
+    make = _maker(kind, split, args)
     workers = min(_MAX_WORKERS, os.cpu_count() or 1)
     if workers <= 1 or n < 16:
         return _collect(map(make, range(n)), split)
     if n >= _PROCESS_MIN_IMAGES and sys.executable:
-        return _in_processes(make, kind, n, split, args, workers)
+        return _in_processes(kind, n, split, args, workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return _collect(pool.map(make, range(n)), split)
 
@@ -445,13 +450,13 @@ def _collect(results, split: str) -> list:
     return done
 
 
-def _in_processes(make, kind, n, split, args, workers) -> list:
+def _in_processes(kind, n, split, args, workers) -> list:
     """Images [0, n) in `workers` processes, each a contiguous block: this process renders the
     first (and reports progress for all), `workers - 1` fresh interpreters the others. They are
     started with `python -c`, not forked (the caller may hold TensorFlow's threads) and not through
     multiprocessing (whose spawn would re-run the caller's main script), and send their results
     back as JSON. Output is byte-identical to one process's: each image has its own seed."""
-    bounds = [n * k // workers for k in range(workers + 1)]
+    make, bounds = _maker(kind, split, args), [n * k // workers for k in range(workers + 1)]
     progress = _PROGRESS.get()
     children = []
 
@@ -538,7 +543,7 @@ class _Worker:
 def _worker_main() -> None:
     """The worker process's side of `_Worker`: read the job from stdin, render, report."""
     job = json.loads(sys.stdin.read())
-    make = functools.partial(_MAKERS[job["kind"]], split=job["split"], **job["args"])
+    make = _maker(job["kind"], job["split"], job["args"])
     results, out = [], sys.stdout
     for index in range(job["start"], job["stop"]):
         results.append(make(index))
