@@ -6,7 +6,7 @@ A task is a few parts, each with one job (see `mobilevision.tasks.TASKS`):
 - `build(cfg, input_size=None)`: the Keras model with its decoder. Called on images it returns
   the raw outputs training needs; `predict` / `predict_on_batch` return the decoded ones, and
   every exported file computes those same decoded outputs (`DecodingModel`).
-- `compile(model, cfg, steps_per_epoch)`: the loss and optimizer.
+- `compile(model, cfg, steps_per_epoch)`: the loss and optimizer (built: `optim.compile_model`).
 - `transform(cfg, model)`: the training augmentation and target encoding of one example, for the
   input pipeline (`data.pipeline.build_dataset`).
 - `evaluate(model, source, split, **options)`: the metrics of a split, computed from `predict`'s

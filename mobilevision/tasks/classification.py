@@ -8,7 +8,7 @@ import numpy as np
 from mobilevision.heads.classifier import classifier_head
 from mobilevision.tasks.base import (DecodingModel, Evaluation, Task, build_backbone, head_taps,
                                      kernel_weight_decay, readable_batches)
-from mobilevision.tasks.optim import build_optimizer
+from mobilevision.tasks.optim import compile_model
 
 
 @keras.saving.register_keras_serializable(package="mobilevision")
@@ -31,8 +31,8 @@ def build(cfg, input_size=None) -> ClassifierModel:
 
 def compile(model, cfg, steps_per_epoch: int) -> None:
     k = min(5, cfg.model.num_classes)
-    model.compile(
-        optimizer=build_optimizer(cfg, steps_per_epoch),
+    compile_model(
+        model, cfg, steps_per_epoch,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="top1"),
                  keras.metrics.TopKCategoricalAccuracy(k=k, name="top5")])

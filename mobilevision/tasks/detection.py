@@ -15,7 +15,7 @@ from mobilevision.heads.ssdlite import ssdlite_head
 from mobilevision.ops.anchors import SSDAnchorGenerator
 from mobilevision.tasks.base import (DecodingModel, Evaluation, Task, build_backbone, head_taps,
                                      kernel_weight_decay, readable_batches)
-from mobilevision.tasks.optim import build_optimizer
+from mobilevision.tasks.optim import compile_model
 
 # ssd_random_crop of the TF OD API: one of these minimum object coverages per example.
 MIN_OBJECT_COVERED = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -143,7 +143,7 @@ def compile(model, cfg, steps_per_epoch: int) -> None:
 
     h = cfg.model.head
     model.ssd_loss = SSDLoss(classification=h.loss, negative_ratio=h.neg_pos_ratio)
-    model.compile(optimizer=build_optimizer(cfg, steps_per_epoch), loss=None)
+    compile_model(model, cfg, steps_per_epoch, loss=None)
 
 
 def transform(cfg, model):

@@ -17,7 +17,7 @@ import numpy as np
 from mobilevision.heads.deeplabv3 import aspp_rates, deeplabv3_head
 from mobilevision.tasks.base import (DecodingModel, Evaluation, Task, build_backbone, head_taps,
                                      kernel_weight_decay, readable_batches)
-from mobilevision.tasks.optim import build_optimizer
+from mobilevision.tasks.optim import compile_model
 
 
 @keras.saving.register_keras_serializable(package="mobilevision")
@@ -47,8 +47,8 @@ def compile(model, cfg, steps_per_epoch: int) -> None:
     from mobilevision.tasks.segmentation_metrics import ConfusionMatrixMetric, SegmentationLoss
 
     k = cfg.model.num_classes
-    model.compile(
-        optimizer=build_optimizer(cfg, steps_per_epoch),
+    compile_model(
+        model, cfg, steps_per_epoch,
         loss=SegmentationLoss(k, cfg.train.class_weights, cfg.train.label_smoothing),
         metrics=[ConfusionMatrixMetric(k, "mIoU"), ConfusionMatrixMetric(k, "pixel_accuracy")])
 

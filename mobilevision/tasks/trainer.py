@@ -405,9 +405,8 @@ def train(cfg, *, output=None, resume: bool = False, overwrite: bool = False,
     with strategy.scope():
         if replicas > 1 and cfg.distribute.sync_batchnorm:
             dist.synchronize_batchnorm(model)
+        # In the scope: the optimizer, built here, gets distributed slots (sized for the check).
         task.compile(model, cfg, steps)
-        # Built here so its slots are distributed variables too (and are sized for the check).
-        model.optimizer.build(model.trainable_variables)
         if resume and last.exists():
             state = checkpoint_state(last)
             load_checkpoint(model, last)
