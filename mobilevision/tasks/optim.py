@@ -4,9 +4,9 @@
 variable's update is TensorFlow's fused `ResourceApplyAdam` kernel, one op, where Keras builds
 about 36 (the step count, both powers and the bias correction again for every variable). The
 update is the same formula on the same slot variables (checkpoints move between the two either
-way), but the traced train step is about half the size: the first train step of the detector
-demo comes about 8 s sooner (tracing and TensorFlow's graph passes), the steps after it take the
-same time. Other backends, and `amsgrad`, use Keras' own update."""
+way), but the traced train step is about half the size: the detector demo's first train step took
+9 s instead of 15 (tracing and TensorFlow's graph passes; docs/training.md), the steps after it
+the same time. Other backends, and `amsgrad`, use Keras' own update."""
 
 from __future__ import annotations
 

@@ -78,6 +78,7 @@ def test_checkpoint_written_with_keras_adam_resumes_with_ours(tmp_path):
     new = model(Adam(0.01))
     new.load_weights(tmp_path / "last.weights.h5")
     assert int(new.optimizer.iterations) == 2
+    assert len(new.optimizer.variables) == len(old.optimizer.variables)
     for a, b in zip(new.optimizer.variables, old.optimizer.variables):
         np.testing.assert_array_equal(np.array(a), np.array(b))
 
