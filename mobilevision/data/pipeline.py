@@ -140,7 +140,7 @@ def with_seeds(ds: tf.data.Dataset, seed: int, input_context=None) -> tf.data.Da
     is example i + j * N of the epoch, and gets that example's seed, as on one device."""
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     seeds = shard(seeds, None, input_context)
-    seeds = seeds.map(lambda s: tf.cast(s % (2**31 - 1), tf.int32))
+    seeds = seeds.map(_graph_function(lambda s: tf.cast(s % (2**31 - 1), tf.int32)))
     return tf.data.Dataset.zip((ds, seeds))
 
 
@@ -180,6 +180,17 @@ def options(deterministic: bool = True) -> tf.data.Options:
     return opts
 
 
+def _graph_function(fn):
+    """`fn` as tf.data traces it without AutoGraph's rewrite. The pipeline's functions are
+    written in TensorFlow ops (`tf.cond`, `tf.while_loop`, static shapes in Python `if`s), so the
+    rewrite changes nothing in the graph; it only cost time before the first step (AutoGraph
+    parsed and rewrote about 70 functions, 1-2 s of the detector's pipeline set-up). A Python
+    `if` on a tensor now fails when the pipeline is built, naming the line."""
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 # The one pipeline skeleton ------------------------------------------------------------------------
 
 
@@ -208,6 +219,7 @@ def build_dataset(source, split: str, *, training: bool, transform=None, batch_s
       elements (image, target, ok, index).
     """
     keys, load, n = source.examples(split, input_context if training else None)
+    load = _graph_function(load)
     if not training:
         return keys.map(load, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE).with_options(
             options()), n
@@ -217,8 +229,10 @@ def build_dataset(source, split: str, *, training: bool, transform=None, batch_s
     ds = keys.map(load, num_parallel_calls=AUTOTUNE)
     if not source.shuffle_keys:
         ds = ds.shuffle(min(max(n, 1), shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.filter(lambda image, target, ok, index: ok)
+    ds = ds.filter(_graph_function(lambda image, target, ok, index: ok))
+    transform = _graph_function(transform)
     ds = with_seeds(ds, seed, input_context).map(
-        lambda example, s: transform(example[0], example[1], s), num_parallel_calls=AUTOTUNE)
+        _graph_function(lambda example, s: transform(example[0], example[1], s)),
+        num_parallel_calls=AUTOTUNE)
     ds = ds.batch(per_replica_batch(batch_size, input_context), drop_remainder=n >= batch_size)
     return ds.prefetch(AUTOTUNE).with_options(options()), n

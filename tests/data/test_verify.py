@@ -70,9 +70,12 @@ GOOD = {
         np.random.default_rng(3).integers(0, 65536, (20, 30)).astype(np.uint16)).save(p),
     "rgb.bmp": lambda p: Image.fromarray(_noise()).save(p),
     "palette.bmp": lambda p: _palette().save(p),
+    "tiff.jpg": lambda p: Image.fromarray(_noise()).save(p, "TIFF"),  # named .jpg
 }
 # Files TensorFlow decodes differently from Pillow: read from a lossless copy instead.
-COPIED = {"palette.bmp"}  # TF reads a palette BMP's indices as gray values
+# TF reads a palette BMP's indices as gray values, and cannot decode a TIFF: the verification
+# decodes a folder's files in one graph call, and file by file when TF refuses one of them.
+COPIED = {"palette.bmp", "tiff.jpg"}
 # name -> (writer, the reason recorded in SKIPPED, as the Pillow path records it)
 BROKEN = {
     "truncated.jpg": (_truncated, "truncated JPEG"),
@@ -137,7 +140,8 @@ def test_copies_are_hidden_beside_the_data_and_cache_is_json(decoded):
     cache = json.loads((folder / verify.CACHE_FILES["image"]).read_text())
     assert set(cache["files"]) == {*GOOD, *BROKEN}
     copies = sorted(os.listdir(folder / verify.COPY_FOLDER))
-    assert len(copies) == len(COPIED) and cache["files"]["palette.bmp"]["copy"] == copies[0]
+    assert copies == sorted(cache["files"][name]["copy"] for name in COPIED)
+    assert "TIFF RGB: TensorFlow cannot decode it" in result.copied[str(folder / "tiff.jpg")]
 
 
 # ------------------------------------------------------------------------------------ the cache
@@ -147,13 +151,13 @@ def test_copies_are_hidden_beside_the_data_and_cache_is_json(decoded):
 def counted(monkeypatch):
     """Counts the files the verification opens."""
     opened = []
-    check = verify._check_image
+    read = verify._read_image
 
-    def counting(path, *args):
+    def counting(path):
         opened.append(os.path.basename(path))
-        return check(path, *args)
+        return read(path)
 
-    monkeypatch.setattr(verify, "_check_image", counting)
+    monkeypatch.setattr(verify, "_read_image", counting)
     return opened
 
 
