@@ -217,13 +217,13 @@ def _check(kind, paths, keys, cache_dir, workers) -> list:
             window, futures = pending.popleft()
             reads = [f.result() for f in futures]
             entries += _compare_window(reads, [keys[i] for i in window], cache_dir, decoder,
-                                       batch)
+                                       batch, pool)
             values = sum(r.reference.size for r in reads if isinstance(r, _Read))
             size = int(np.clip(_WINDOW_VALUES * len(reads) // max(values, 1), 1, _WINDOW_FILES))
     return entries
 
 
-def _compare_window(reads, keys, cache_dir, decoder, batch) -> list:
+def _compare_window(reads, keys, cache_dir, decoder, batch, pool) -> list:
     """Pillow's reads (a `_Read`, or the entry of a file it refused) -> cache entries, the
     graph decoder run once over the window. When TensorFlow refuses any of its files, each file
     is decoded on its own, so that the refused one gets its own reason."""
@@ -234,7 +234,7 @@ def _compare_window(reads, keys, cache_dir, decoder, batch) -> list:
         decoded = batch([reads[i].data for i in todo], [reads[i].orientation for i in todo])
     except (tf.errors.OpError, ValueError):
         decoded = [None] * len(todo)
-    entries = list(reads)
+    entries, copies = list(reads), []
     for i, got in zip(todo, decoded):
         r = reads[i]
         if got is None:
@@ -243,8 +243,9 @@ def _compare_window(reads, keys, cache_dir, decoder, batch) -> list:
             why, fingerprint = _difference(*got, r.reference)
         entry = _entry(r.st, r.orientation or 1, r.data, fingerprint)
         if why is not None:
-            _write_copy(cache_dir, keys[i], r.reference, decoder, entry, r.describe + why)
+            copies.append((keys[i], r.reference, entry, r.describe + why))
         entries[i] = entry
+    _write_copies(copies, cache_dir, batch, pool)
     return entries
 
 
@@ -314,23 +315,39 @@ def _difference(got, fingerprint, reference) -> tuple[str | None, int]:
     return None, fingerprint
 
 
-def _write_copy(cache_dir, key, pixels, decoder, entry, why) -> None:
-    """Write the reference pixels ((h, w, 3) RGB or (h, w) indices, uint8) as a lossless PNG the
-    graph decodes exactly (checked); record it in entry."""
-    from PIL import Image
+def _write_copies(copies, cache_dir, batch, pool) -> None:
+    """copies: [(key, reference pixels ((h, w, 3) RGB or (h, w) indices, uint8), entry, why)].
+    Write each as a lossless PNG the graph decodes exactly (checked, one graph call for all),
+    and record it in its entry. PNG encoding and the writes run in `pool`."""
+    import tensorflow as tf
 
     from mobilevision.utils import atomic_write_bytes
 
+    if not copies:
+        return
+    datas = list(pool.map(lambda copy: _png(copy[1]), copies))
+    try:
+        decoded = batch(datas, [1] * len(datas))
+    except (tf.errors.OpError, ValueError) as e:  # pragma: no cover - a TF bug
+        raise RuntimeError(f"TensorFlow cannot decode the PNG copies it wrote ({e})") from None
+    names = []
+    for (key, pixels, entry, why), data, (got, fingerprint) in zip(copies, datas, decoded):
+        if _difference(got, fingerprint, pixels)[0] is not None:  # pragma: no cover - a TF bug
+            raise RuntimeError(f"{key}: TensorFlow does not decode its PNG copy exactly")
+        names.append(hashlib.sha1(key.encode("utf-8")).hexdigest()[:20] + ".png")
+        entry.update(copy=names[-1], nbytes=len(data), fingerprint=fingerprint, why=why,
+                     orientation=1)
+    list(pool.map(lambda name, data: atomic_write_bytes(Path(cache_dir) / COPY_FOLDER / name,
+                                                        data), names, datas))
+
+
+def _png(pixels) -> bytes:
+    """(h, w, 3) RGB or (h, w) values, uint8 -> lossless 8-bit PNG bytes (RGB or L)."""
+    from PIL import Image
+
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)  # RGB or L, 8 bit
-    data = buffer.getvalue()
-    why_not, fingerprint = _graph_difference(decoder, data, pixels, 1)
-    if why_not is not None:  # pragma: no cover - a TF bug
-        raise RuntimeError(f"{key}: TensorFlow does not decode its PNG copy exactly")
-    name = hashlib.sha1(key.encode("utf-8")).hexdigest()[:20] + ".png"
-    atomic_write_bytes(Path(cache_dir) / COPY_FOLDER / name, data)
-    entry.update(copy=name, nbytes=len(data), fingerprint=fingerprint, why=why,
-                 orientation=1)
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _stat(path):
