@@ -169,6 +169,8 @@ def _verify(kind, paths, workers, quiet) -> Verified:
         for k, old in cached.items():  # copies no entry uses any more
             if old.get("copy") and old["copy"] != files.get(k, {}).get("copy"):
                 _remove_copy(cache_dir, old)
+        if any(e.get("copy") for e in done):
+            os.sync()  # the copies on disk before the cache that trusts them (one sync, not one each)
         _save(cache_file, kind, files)
 
     seconds = time.perf_counter() - t0
@@ -337,8 +339,9 @@ def _write_copies(copies, cache_dir, batch, pool) -> None:
         names.append(hashlib.sha1(key.encode("utf-8")).hexdigest()[:20] + ".png")
         entry.update(copy=names[-1], nbytes=len(data), fingerprint=fingerprint, why=why,
                      orientation=1)
+    # Without an fsync each: `_verify` syncs once, before the cache file that lists them is saved.
     list(pool.map(lambda name, data: atomic_write_bytes(Path(cache_dir) / COPY_FOLDER / name,
-                                                        data), names, datas))
+                                                        data, sync=False), names, datas))
 
 
 def _png(pixels) -> bytes:
