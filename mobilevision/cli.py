@@ -114,10 +114,14 @@ def _train(args) -> int:
     from mobilevision.runs import dumps_metrics
     from mobilevision.tasks import trainer
 
-    trainer.STARTED_BY_COMMAND = True  # the wait to the first step counts from process start
-
-    run = train(args.config, *args.overrides, output=args.output, resume=args.resume,
-                overwrite=args.overwrite)
+    # The wait to the first step counts from the process's start, for this command only: a
+    # `train()` called later in the same process (a notebook, a test) counts from its call.
+    trainer.STARTED_BY_COMMAND = True
+    try:
+        run = train(args.config, *args.overrides, output=args.output, resume=args.resume,
+                    overwrite=args.overwrite)
+    finally:
+        trainer.STARTED_BY_COMMAND = False
     if run.folder is None:  # a multi-worker run's other workers write nothing
         print(f"worker {run.metrics['worker']} finished; the chief writes the run folder")
         return 0
