@@ -209,7 +209,7 @@ def _check(kind, paths, keys, cache_dir, workers) -> list:
     """Verify `paths` (keys: their cache keys) -> one cache entry each, in order."""
     read = _read_image if kind == "image" else _read_label
     decoder, batch = _graph_decoder(kind), _batch_decoder(kind)  # traced before the threads
-    entries, pending, start, size = [], deque(), 0, 16
+    entries, pending, start, size = [], deque(), 0, 4  # grows once a window shows the sizes
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:
         while start < len(paths) or pending:
             while start < len(paths) and len(pending) < 2:  # the window in hand and the next
