@@ -43,6 +43,6 @@ setup(
         "matplotlib>=3.7",
         "numpy>=1.24",
     ],
-    extras_require={"onnx": ONNX, "test": ["pytest>=7.4", "pytest-xdist>=3.5", *ONNX]},
+    extras_require={"onnx": ONNX, "test": ["pytest>=7.4", "pytest-xdist>=3.8", *ONNX]},
     entry_points={"console_scripts": ["mobilevision=mobilevision.cli:main"]},
 )
