@@ -230,7 +230,6 @@ def build_dataset(source, split: str, *, training: bool, transform=None, batch_s
     if not source.shuffle_keys:
         ds = ds.shuffle(min(max(n, 1), shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
     ds = ds.filter(_graph_function(lambda image, target, ok, index: ok))
-    transform = _graph_function(transform)
     ds = with_seeds(ds, seed, input_context).map(
         _graph_function(lambda example, s: transform(example[0], example[1], s)),
         num_parallel_calls=AUTOTUNE)

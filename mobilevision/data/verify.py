@@ -170,7 +170,7 @@ def _verify(kind, paths, workers, quiet) -> Verified:
             if old.get("copy") and old["copy"] != files.get(k, {}).get("copy"):
                 _remove_copy(cache_dir, old)
         if any(e.get("copy") for e in done):
-            os.sync()  # the copies on disk before the cache that trusts them (one sync, not one each)
+            os.sync()  # the copies on disk before the cache that trusts them (one sync for all)
         _save(cache_file, kind, files)
 
     seconds = time.perf_counter() - t0
@@ -201,14 +201,14 @@ class _Read:
     st: os.stat_result
     data: bytes
     reference: np.ndarray  # Pillow's pixels (h, w, 3), or a label map's values (h, w)
-    orientation: int | None  # the EXIF orientation the graph applies; None for a label map
+    orientation: int  # the EXIF orientation the graph applies (1 for a label map: not applied)
     describe: str  # what the file is, for the reason a copy is made ("JPEG RGB: ...")
 
 
 def _check(kind, paths, keys, cache_dir, workers) -> list:
     """Verify `paths` (keys: their cache keys) -> one cache entry each, in order."""
     read = _read_image if kind == "image" else _read_label
-    decoder, batch = _graph_decoder(kind), _batch_decoder(kind)  # traced before the threads
+    batch = _batch_decoder(kind)  # traced before the threads
     entries, pending, start, size = [], deque(), 0, 4  # grows once a window shows the sizes
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:
         while start < len(paths) or pending:
@@ -218,14 +218,13 @@ def _check(kind, paths, keys, cache_dir, workers) -> list:
                 start = window.stop
             window, futures = pending.popleft()
             reads = [f.result() for f in futures]
-            entries += _compare_window(reads, [keys[i] for i in window], cache_dir, decoder,
-                                       batch, pool)
+            entries += _compare_window(reads, [keys[i] for i in window], cache_dir, batch, pool)
             values = sum(r.reference.size for r in reads if isinstance(r, _Read))
             size = int(np.clip(_WINDOW_VALUES * len(reads) // max(values, 1), 1, _WINDOW_FILES))
     return entries
 
 
-def _compare_window(reads, keys, cache_dir, decoder, batch, pool) -> list:
+def _compare_window(reads, keys, cache_dir, batch, pool) -> list:
     """Pillow's reads (a `_Read`, or the entry of a file it refused) -> cache entries, the
     graph decoder run once over the window. When TensorFlow refuses any of its files, each file
     is decoded on its own, so that the refused one gets its own reason."""
@@ -240,10 +239,10 @@ def _compare_window(reads, keys, cache_dir, decoder, batch, pool) -> list:
     for i, got in zip(todo, decoded):
         r = reads[i]
         if got is None:
-            why, fingerprint = _graph_difference(decoder, r.data, r.reference, r.orientation)
+            why, fingerprint = _graph_difference(batch, r.data, r.reference, r.orientation)
         else:
             why, fingerprint = _difference(*got, r.reference)
-        entry = _entry(r.st, r.orientation or 1, r.data, fingerprint)
+        entry = _entry(r.st, r.orientation, r.data, fingerprint)
         if why is not None:
             copies.append((keys[i], r.reference, entry, r.describe + why))
         entries[i] = entry
@@ -288,18 +287,17 @@ def _read_label(path):
         return _skip(str(e), st)
     if st is None:  # pragma: no cover - appeared between the two calls
         return _skip("file changed while it was verified", None)
-    return _Read(st, data, values, None, "")
+    return _Read(st, data, values, 1, "")
 
 
-def _graph_difference(decoder, data, reference, orientation) -> tuple[str | None, int | None]:
-    """-> (why, fingerprint): why is None when the graph decoder gives `reference` exactly for
-    `data`, else what differs; fingerprint is `data`'s (from the same graph call), or None when
-    TensorFlow could not decode it."""
+def _graph_difference(batch, data, reference, orientation) -> tuple[str | None, int | None]:
+    """One file through the batch decoder -> (why, fingerprint): why is None when the graph
+    decoder gives `reference` exactly for `data`, else what differs; fingerprint is `data`'s (from
+    the same graph call), or None when TensorFlow could not decode it."""
     import tensorflow as tf
 
     try:
-        got, fingerprint = decoder(data, orientation)
-        got, fingerprint = got.numpy(), int(fingerprint)
+        [(got, fingerprint)] = batch([data], [orientation])
     except (tf.errors.OpError, ValueError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"TensorFlow cannot decode it ({message[:120]})", None
@@ -307,7 +305,8 @@ def _graph_difference(decoder, data, reference, orientation) -> tuple[str | None
 
 
 def _difference(got, fingerprint, reference) -> tuple[str | None, int]:
-    """The graph decoder's pixels against the reference -> (why they differ or None, fingerprint)."""
+    """The graph decoder's pixels against the reference -> (why they differ, or None;
+    fingerprint)."""
     if got.shape != reference.shape:
         return f"TensorFlow decodes it {got.shape}, Pillow {reference.shape}", fingerprint
     if got.tobytes() != reference.tobytes():  # a byte compare: 10x faster than array_equal
@@ -387,39 +386,17 @@ def _skip(reason, st) -> dict:
     return entry
 
 
-# The graph decoders, run eagerly on the bytes -----------------------------------------------------
+# The graph decoder, called eagerly on lists of files ---------------------------------------------
 
 _decoders = {}
 _decoders_lock = threading.Lock()
 
 
-def _graph_decoder(kind):
-    """(bytes, orientation) -> (decoded tensor, content_fingerprint of the bytes): the pipeline's
-    own decode function and fingerprint, traced once into one graph (one call per file)."""
-    import tensorflow as tf
-
-    from mobilevision.data.graph_decode import (content_fingerprint, graph_decode_image,
-                                                graph_decode_label)
-
-    with _decoders_lock:
-        if kind not in _decoders:
-            if kind == "image":
-                fn = tf.function(lambda data, orientation: (
-                    graph_decode_image(data, orientation), content_fingerprint(data)),
-                    autograph=False, input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
-                _decoders[kind] = lambda data, orientation: fn(tf.constant(data),
-                                                               tf.constant(orientation, tf.int32))
-            else:
-                fn = tf.function(lambda data: (graph_decode_label(data), content_fingerprint(data)),
-                                 autograph=False, input_signature=[tf.TensorSpec([], tf.string)])
-                _decoders[kind] = lambda data, orientation: fn(tf.constant(data))
-        return _decoders[kind]
-
-
 def _batch_decoder(kind):
-    """([bytes], [orientation]) -> [(decoded array, fingerprint)]: the same graph decoder as
-    `_graph_decoder`, run over a list of files in one call (a while loop in one traced graph).
-    Raises TensorFlow's error when any file cannot be decoded."""
+    """([bytes], [orientation]) -> [(decoded array, fingerprint)]: the pipeline's own decode
+    function (`graph_decode_image` / `graph_decode_label`) and fingerprint, run over a list of
+    files in one call (a while loop in one graph, traced once per process). Raises TensorFlow's
+    error when any file cannot be decoded."""
     import tensorflow as tf
 
     from mobilevision.data.graph_decode import (content_fingerprint, graph_decode_image,
@@ -431,7 +408,7 @@ def _batch_decoder(kind):
         def body(i, values, shapes):
             x = graph_decode_image(data[i], orientation[i]) if kind == "image" \
                 else graph_decode_label(data[i])
-            shape = tf.cast(tf.shape(x), tf.int32) * 1  # a plain tensor, not a shape tensor
+            shape = tf.shape(x) * 1  # a plain int32 tensor: a TensorArray warns on a shape
             return i + 1, values.write(i, tf.reshape(x, [-1])), shapes.write(i, shape)
 
         _, values, shapes = tf.while_loop(
@@ -441,17 +418,16 @@ def _batch_decoder(kind):
         return values.concat(), shapes.stack(), content_fingerprint(data)
 
     with _decoders_lock:
-        key = ("batch", kind)
-        if key not in _decoders:
-            _decoders[key] = tf.function(decode_all, autograph=False, input_signature=[
+        if kind not in _decoders:
+            _decoders[kind] = tf.function(decode_all, autograph=False, input_signature=[
                 tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)])
-    fn = _decoders[key]
+    fn = _decoders[kind]
 
     def run(datas, orientations):
         if not datas:
             return []
         values, shapes, fingerprints = fn(tf.constant(datas, tf.string),
-                                          tf.constant([o or 1 for o in orientations], tf.int32))
+                                          tf.constant(orientations, tf.int32))
         values, shapes = values.numpy(), shapes.numpy()
         ends = np.cumsum(np.prod(shapes, axis=1))
         return [(values[end - np.prod(shape):end].reshape(shape), int(fingerprint))
