@@ -18,6 +18,7 @@ into the same rows:
                        and every op in a BatchNormalization
                        layer's or its gradient's name scope
   Conv2D (1x1, 3x3)    Conv2D, Conv2DBackpropInput / Filter     | (mkldnn_)convolution(_backward)
+                       MatMul (ours: the 1x1 convs in training) |
   depthwise 3x3        DepthwiseConv2dNative(+Backprop*)        | the same ops, groups = channels
   ReLU6                Relu6, Relu6Grad                         | hardtanh(_backward)
   padding              Pad, and Slice in the backward           | (inside the convolution)
@@ -69,7 +70,10 @@ TF_TYPES = {
                           "_MklNativeConv2D", "_MklNativeConv2DBackpropInput",
                           "_MklNativeConv2DBackpropFilter", "_FusedConv2D", "_MklNativeFusedConv2D",
                           "Conv2DBackpropFilterWithBias", "_MklNativeConv2DWithBias",
-                          "_MklNativeConv2DBackpropFilterWithBias"),
+                          "_MklNativeConv2DBackpropFilterWithBias",
+                          # the 1x1 convs as mobilevision trains them where TensorFlow's oneDNN
+                          # ops are on (workarounds.Conv2D): a MatMul, its gradient two more
+                          "MatMul", "_MklMatMul", "_MklNativeMatMul"),
     "depthwise 3x3": ("DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropInput",
                       "DepthwiseConv2dNativeBackpropFilter", "_MklNativeDepthwiseConv2dNative",
                       "_MklNativeDepthwiseConv2dNativeBackpropInput",

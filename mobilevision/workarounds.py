@@ -10,6 +10,9 @@ upstream behaves (so the workaround can go).
    order), and under MultiWorkerMirroredStrategy reduces nested batches and scalar metrics in
    ways the collective strategy cannot (keras-team/keras#20585). Applied per model, and only
    the parts that model's strategy needs (`fit_fixes`).
+3. `Conv2D`: TensorFlow's oneDNN convolution runs a 1x1 kernel as a direct convolution,
+   slower than one matrix product on the small maps these models train on (oneDNN#437); this
+   layer trains a 1x1, stride-1 kernel as that matrix product where the oneDNN ops are on.
 
 BatchNormalization
 ------------------
@@ -161,6 +164,61 @@ def _batch_norm_train(x, gamma, beta, epsilon):
         return (y, tf.stop_gradient(mean), tf.stop_gradient(variance)), grad
 
     return bn(x, gamma, beta)
+
+
+@keras.saving.register_keras_serializable(package="mobilevision")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` (same arguments, weights, names and results) that, in training
+    under TensorFlow with its oneDNN ops on, computes a 1x1, stride-1, ungrouped kernel as one
+    matrix product: (N*H*W, C) @ (C, filters).
+
+    Why: TensorFlow hands a Conv2D to oneDNN's convolution, which runs a 1x1 kernel as a direct
+    convolution with a per-call set-up that costs more than the work on small maps
+    (uxlfoundation/oneDNN#437, "slow speed in 1*1 small dense convolution": a GEMM twice as fast
+    for a 16-channel 60 x 60 map). A MatMul, and its gradient (two MatMuls), go to oneDNN's GEMM
+    instead. Measured on the three demos' train steps (2 cores, AMD EPYC Zen 4, one process,
+    alternating; benchmarks/README.md): 0.93x the step time of the detector, 0.87x the
+    classifier's, 0.91-0.95x the segmenter's, and about the same held to AVX2. TensorFlow's own
+    (Eigen) Conv2D already computes a 1x1 kernel as a contraction, so with the oneDNN ops off,
+    under other backends, for any other kernel, and in inference (predict, evaluation and every
+    export, which keep the convolution apps run) this is Keras' own `call`. No test can show
+    upstream making the convolution as fast (a speed, not a behaviour): `benchmarks/op_profile.py`
+    lists the 1x1 convolutions' share of a step, and `$MOBILEVISION_CONV1X1=conv` turns this
+    off for measuring (`_conv1x1_as_matmul`)."""
+
+    def _as_matmul(self, inputs, training) -> bool:
+        return (bool(training) and self.rank == 2 and tuple(self.kernel_size) == (1, 1)
+                and tuple(self.strides) == (1, 1) and self.groups == 1
+                and self.data_format == "channels_last" and len(inputs.shape) == 4
+                and keras.backend.backend() == "tensorflow" and _conv1x1_as_matmul())
+
+    def call(self, inputs, training=None):
+        if not self._as_matmul(inputs, training):
+            return super().call(inputs)
+        from keras import ops
+
+        shape = ops.shape(inputs)
+        kernel = ops.reshape(self.kernel, self.kernel.shape[2:])
+        y = ops.matmul(ops.reshape(inputs, (-1, shape[-1])), kernel)
+        if self.use_bias:
+            y = ops.add(y, self.bias)
+        y = ops.reshape(y, (*shape[:-1], self.filters))
+        return self.activation(y)
+
+
+CONV1X1_ENV = "MOBILEVISION_CONV1X1"
+
+
+def _conv1x1_as_matmul() -> bool:
+    """Whether `Conv2D` trains a 1x1 kernel as a MatMul: where TensorFlow's oneDNN ops are on,
+    unless $MOBILEVISION_CONV1X1 says `conv` (or `matmul`, to force it). Read when a train step
+    is traced."""
+    import os
+
+    value = os.environ.get(CONV1X1_ENV, "auto").strip().lower() or "auto"
+    if value not in ("auto", "matmul", "conv"):
+        raise ValueError(f"${CONV1X1_ENV}={value!r}: expected one of auto, matmul, conv")
+    return _onednn_ops() if value == "auto" else value == "matmul"
 
 
 def fit_fixes(model) -> list[str]:

@@ -5,7 +5,9 @@ upstream fixes what it works around:
   keras.layers.BatchNormalization gives: outputs, moving statistics and gradients to float32
   rounding, in training and inference, and load the same weights;
 - patch_fit makes `fit` of a model built under a strategy train on the dataset's first order,
-  and is applied only to such models."""
+  and is applied only to such models;
+- Conv2D trains a 1x1 kernel as a MatMul where it should, and must give what keras.layers.Conv2D
+  gives: outputs and gradients to float32 rounding, the same weights, names and config."""
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ import pytest
 import keras
 import tensorflow as tf
 
-from mobilevision.workarounds import BatchNormalization, fit_fixes, patch_fit
+from mobilevision.workarounds import BatchNormalization, Conv2D, fit_fixes, patch_fit
 
 
 def _pair(channels, **kwargs):
@@ -324,3 +326,76 @@ def test_import_sets_tensorflows_speed_settings_unless_the_user_did():
     assert settings(TF_ENABLE_ONEDNN_OPTS="0") == ["0", "true"]
     assert settings(TF_ENABLE_ONEDNN_OPTS="0", TF_CPU_ALLOCATOR_USE_BFC="false") == ["0", "false"]
     assert settings(TF_ENABLE_ONEDNN_OPTS="1", TF_CPU_ALLOCATOR_USE_BFC="true") == ["1", "true"]
+
+
+# Conv2D -----------------------------------------------------------------------------------------
+
+
+def _conv_op_types(layer, x, training):
+    graph = tf.function(lambda x: layer(x, training=training)).get_concrete_function(x).graph
+    return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize("kwargs", [dict(use_bias=False),
+                                    dict(use_bias=True, activation="relu6"),
+                                    dict(use_bias=True, padding="valid", dtype="float32")])
+def test_conv2d_1x1_trains_as_a_matmul_with_keras_outputs_and_gradients(kwargs, monkeypatch):
+    """Forced on (`matmul`), as where the oneDNN ops are: the training graph holds a MatMul and
+    no convolution, and its outputs and gradients (input, kernel, bias) are Keras' Conv2D's; in
+    inference it is the convolution itself."""
+    monkeypatch.setenv("MOBILEVISION_CONV1X1", "matmul")
+    ours, theirs = Conv2D(24, 1, **kwargs), keras.layers.Conv2D(24, 1, **kwargs)
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(3, 7, 5, 16)).astype("float32"))
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    weights = [rng.normal(size=w.shape).astype("float32") for w in theirs.weights]
+    ours.set_weights(weights)
+    theirs.set_weights(weights)
+    upstream = tf.constant(rng.normal(size=(3, 7, 5, 24)).astype("float32"))
+
+    def step(layer, training):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=training) * upstream)
+        return [layer(x, training=training), *tape.gradient(loss, [x, *layer.trainable_weights])]
+
+    types = _conv_op_types(ours, x, True)
+    assert "MatMul" in types and "Conv2D" not in types, sorted(types)
+    assert "Conv2D" in _conv_op_types(ours, x, False)
+    for training in (True, False):
+        for u, v in zip(step(ours, training), step(theirs, training)):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_keeps_the_convolution_where_it_should(monkeypatch):
+    """Other kernels and strides, and `conv` named, train as Keras' convolution; `auto` follows
+    whether TensorFlow's oneDNN ops are on; an unknown value is an error naming the variable."""
+    from mobilevision import workarounds
+
+    x = tf.zeros((2, 8, 8, 4))
+    monkeypatch.setenv("MOBILEVISION_CONV1X1", "matmul")
+    for layer in (Conv2D(8, 3, padding="same"), Conv2D(8, 1, strides=2), Conv2D(8, 1, groups=2)):
+        assert "MatMul" not in _conv_op_types(layer, x, True), layer.get_config()
+    monkeypatch.setenv("MOBILEVISION_CONV1X1", "conv")
+    assert "Conv2D" in _conv_op_types(Conv2D(8, 1), x, True)
+    monkeypatch.setenv("MOBILEVISION_CONV1X1", "auto")
+    matmul = "MatMul" in _conv_op_types(Conv2D(8, 1), x, True)
+    assert matmul == workarounds._onednn_ops()
+    monkeypatch.setenv("MOBILEVISION_CONV1X1", "gemm")
+    with pytest.raises(ValueError, match=r"\$MOBILEVISION_CONV1X1='gemm': expected one of "
+                                         r"auto, matmul, conv"):
+        Conv2D(8, 1)(x, training=True)
+
+
+def test_conv2d_same_weights_names_and_config_round_trip():
+    ours, theirs = Conv2D(8, 1, name="block_1_expand"), keras.layers.Conv2D(8, 1,
+                                                                           name="block_1_expand")
+    ours.build((None, 4, 4, 3))
+    theirs.build((None, 4, 4, 3))
+    assert [(w.path, w.shape) for w in ours.weights] == [(w.path, w.shape) for w in theirs.weights]
+    assert Conv2D.from_config(ours.get_config()).get_config() == ours.get_config()
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, Conv2D(8, 1, name="conv")(inputs))
+    restored = keras.Model.from_config(model.get_config())
+    assert isinstance(restored.get_layer("conv"), Conv2D)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mobilevision.workarounds import BatchNormalization
+from mobilevision.workarounds import BatchNormalization, Conv2D
 
 # Atrous rates of the three ASPP branches per stride of the head's feature map (the backbone's
 # output stride for the default tap). 6/12/18 at stride 16 and 12/24/36 at 8 are DeepLabv3's; at
@@ -37,7 +37,7 @@ def aspp_rates(stride: int, rates=None) -> tuple[int, ...]:
 
 
 def _conv_bn_relu(x, filters, kernel, name, rate=1, momentum=0.9997, reg=None):
-    x = layers.Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False,
+    x = Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False,
                       kernel_regularizer=reg, name=name)(x)
     x = BatchNormalization(epsilon=1e-5, momentum=momentum, name=f"{name}_BN")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
@@ -81,7 +81,7 @@ def deeplabv3_head(feature, stride: int, num_classes: int, aspp: bool = True, ra
     x = _conv_bn_relu(x, channels, 1, "concat_projection", momentum=bn_momentum, reg=reg)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    logits = layers.Conv2D(num_classes, 1, kernel_regularizer=reg, dtype="float32",
+    logits = Conv2D(num_classes, 1, kernel_regularizer=reg, dtype="float32",
                            name="logits")(x)
     if stride > 1:
         logits = layers.UpSampling2D(stride, interpolation="bilinear", dtype="float32",

@@ -32,7 +32,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mobilevision.workarounds import BatchNormalization
+from mobilevision.workarounds import BatchNormalization, Conv2D
 
 EXTRA_DEPTHS = (512, 256, 256, 128)
 MIN_DEPTH = 16
@@ -55,7 +55,7 @@ def _bn(momentum, name):
 
 
 def _conv_bn_relu(x, filters, name, momentum, reg, init):
-    x = layers.Conv2D(filters, 1, padding="same", use_bias=False, kernel_initializer=init,
+    x = Conv2D(filters, 1, padding="same", use_bias=False, kernel_initializer=init,
                       kernel_regularizer=reg, name=name)(x)
     x = _bn(momentum, f"{name}_BN")(x)
     return layers.ReLU(6.0, name=f"{name}_relu")(x)
@@ -73,7 +73,7 @@ def _predictor(x, kind, index, outputs_per_anchor, num_anchors, momentum, reg, i
     """3x3 depthwise + BN + ReLU6, 1x1 conv with bias -> (N, h * w * num_anchors, k)."""
     p = f"ssd_{kind}_{index}"
     x = _depthwise_bn_relu(x, 1, f"{p}_depthwise", momentum, reg, init)
-    x = layers.Conv2D(num_anchors * outputs_per_anchor, 1, padding="same", use_bias=True,
+    x = Conv2D(num_anchors * outputs_per_anchor, 1, padding="same", use_bias=True,
                       kernel_initializer=init, kernel_regularizer=reg, name=f"{p}_conv")(x)
     # Channel c of cell (y, x) is anchor c // k, component c % k: row-major cells, then anchors.
     return layers.Reshape((-1, outputs_per_anchor), name=f"{p}_reshape")(x)
