@@ -168,7 +168,7 @@ def _inverted_residual(x, b: Block, momentum: float, reg):
     p = b.prefix
     if b.block_id:
         x = Conv2D(b.expanded, 1, padding="same", use_bias=False,
-                          kernel_regularizer=reg, name=f"{p}expand")(x)
+                   kernel_regularizer=reg, name=f"{p}expand")(x)
         x = _bn(momentum, f"{p}expand_BN")(x)
         x = layers.ReLU(6.0, name=f"{p}expand_relu")(x)
     if b.stride == 2:
@@ -185,7 +185,7 @@ def _inverted_residual(x, b: Block, momentum: float, reg):
     x = layers.ReLU(6.0, name=f"{p}depthwise_relu")(x)
     # Linear bottleneck: no activation after the projection (paper, section 3.2).
     x = Conv2D(b.out_channels, 1, padding="same", use_bias=False,
-                      kernel_regularizer=reg, name=f"{p}project")(x)
+               kernel_regularizer=reg, name=f"{p}project")(x)
     x = _bn(momentum, f"{p}project_BN")(x)
     if b.residual:
         x = layers.Add(name=f"{p}add")([inputs, x])
@@ -220,14 +220,14 @@ def mobilenet_v2(input_shape=(224, 224, 3), alpha: float = 1.0, output_stride: i
     image = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(image)
     x = Conv2D(first_channels(alpha), 3, strides=2, padding="same", use_bias=False,
-                      kernel_regularizer=reg, name="Conv1")(x)
+               kernel_regularizer=reg, name="Conv1")(x)
     x = _bn(bn_momentum, "bn_Conv1")(x)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)
     outputs = {}
     for b in block_plan(alpha, output_stride):
         x = _inverted_residual(x, b, bn_momentum, reg)
     x = Conv2D(last_channels(alpha), 1, use_bias=False, kernel_regularizer=reg,
-                      name="Conv_1")(x)
+               name="Conv_1")(x)
     x = _bn(bn_momentum, "Conv_1_bn")(x)
     x = layers.ReLU(6.0, name="out_relu")(x)
     full = keras.Model(image, x)

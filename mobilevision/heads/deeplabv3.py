@@ -38,7 +38,7 @@ def aspp_rates(stride: int, rates=None) -> tuple[int, ...]:
 
 def _conv_bn_relu(x, filters, kernel, name, rate=1, momentum=0.9997, reg=None):
     x = Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False,
-                      kernel_regularizer=reg, name=name)(x)
+               kernel_regularizer=reg, name=name)(x)
     x = BatchNormalization(epsilon=1e-5, momentum=momentum, name=f"{name}_BN")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -82,7 +82,7 @@ def deeplabv3_head(feature, stride: int, num_classes: int, aspp: bool = True, ra
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
     logits = Conv2D(num_classes, 1, kernel_regularizer=reg, dtype="float32",
-                           name="logits")(x)
+                    name="logits")(x)
     if stride > 1:
         logits = layers.UpSampling2D(stride, interpolation="bilinear", dtype="float32",
                                      name="upsample_logits")(logits)

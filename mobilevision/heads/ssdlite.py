@@ -56,7 +56,7 @@ def _bn(momentum, name):
 
 def _conv_bn_relu(x, filters, name, momentum, reg, init):
     x = Conv2D(filters, 1, padding="same", use_bias=False, kernel_initializer=init,
-                      kernel_regularizer=reg, name=name)(x)
+               kernel_regularizer=reg, name=name)(x)
     x = _bn(momentum, f"{name}_BN")(x)
     return layers.ReLU(6.0, name=f"{name}_relu")(x)
 
@@ -74,7 +74,7 @@ def _predictor(x, kind, index, outputs_per_anchor, num_anchors, momentum, reg, i
     p = f"ssd_{kind}_{index}"
     x = _depthwise_bn_relu(x, 1, f"{p}_depthwise", momentum, reg, init)
     x = Conv2D(num_anchors * outputs_per_anchor, 1, padding="same", use_bias=True,
-                      kernel_initializer=init, kernel_regularizer=reg, name=f"{p}_conv")(x)
+               kernel_initializer=init, kernel_regularizer=reg, name=f"{p}_conv")(x)
     # Channel c of cell (y, x) is anchor c // k, component c % k: row-major cells, then anchors.
     return layers.Reshape((-1, outputs_per_anchor), name=f"{p}_reshape")(x)
 
