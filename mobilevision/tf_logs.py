@@ -9,7 +9,16 @@ descriptor 2 (Python's `sys.stderr` never sees them), on every machine without a
     E0000 00:00:1796194461.123888  4794 cuda_platform.cc:52] failed call to cuInit: INTERNAL:
         CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)
 
-They are not errors but read like them. TF_CPP_MIN_LOG_LEVEL=3 would hide real errors with them,
+They are not errors but read like them. A fourth comes later, once a process, from oneDNN builds
+(x86), on AVX-512 machines too, the first time a graph that transposes uint8 data is optimized
+(the input pipeline's EXIF orientation does):
+
+    E0000 00:00:1796393241.322527    7645 util.cc:131] oneDNN supports DT_UINT8 only on
+        platforms with AVX-512. Falling back to the default Eigen-based implementation if present.
+
+It says only that such ops run in Eigen; the import below provokes it inside the filter (a 1-pixel
+graph in a session of its own: 0.03 s, and the eager runtime stays uninitialised), so it is
+spent there. TF_CPP_MIN_LOG_LEVEL=3 would hide real errors with them,
 and the lines written before absl's logging starts ignore it anyway. So, while TensorFlow is
 imported and lists its devices (and only then), fd 2 goes through a pipe to a small filter process
 that drops the lines matching BENIGN (and, where no GPU device exists, NO_GPU) and passes every
@@ -43,6 +52,7 @@ BENIGN = (
     _LOG + r"Unable to register cu(?:DNN|FFT|BLAS) factory: Attempting to register factory",
     _LOG + r"computation placer already registered",
     _LOG + r"TF-TRT Warning: Could not find TensorRT",
+    _LOG + r"oneDNN supports DT_UINT8 only on platforms with AVX-512",
 )
 # Lines that mean "no GPU here": hidden only where the machine has none (no /dev/nvidia<N>, no
 # WSL /dev/dxg); beside a GPU they say why it is not used, and pass.
@@ -173,3 +183,20 @@ class _QuietLoader:
             # can still be chosen afterwards.
             with contextlib.suppress(Exception):  # a real problem shows again where it matters
                 module.config.list_physical_devices()
+            with contextlib.suppress(Exception):
+                spend_uint8_notice(module)
+
+
+def spend_uint8_notice(tf) -> None:
+    """Optimize and run a graph that transposes a 1-pixel uint8 image, in a v1 session of its
+    own (the eager runtime stays uninitialised, so device settings can still be chosen): oneDNN
+    builds log their DT_UINT8 notice (BENIGN's last line) the first time in a process, here
+    inside the filter instead of in the middle of a user's run."""
+    import numpy as np
+
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf.compat.v1.placeholder(tf.uint8, [None, None, 3])
+        flipped = tf.transpose(image, [1, 0, 2])
+    with tf.compat.v1.Session(graph=graph) as session:
+        session.run(flipped, {image: np.zeros((1, 1, 3), np.uint8)})

@@ -1,8 +1,11 @@
 """Tests for mobilevision.tf_logs: TensorFlow's benign start-up lines hidden, real errors kept."""
 
 import os
+import platform
 import subprocess
 import sys
+
+import pytest
 
 from mobilevision import tf_logs
 
@@ -84,3 +87,34 @@ def test_opt_out_leaves_tensorflow_alone():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**env, "MOBILEVISION_TF_LOGS": "1"}, timeout=120)
     assert done.stdout.split() == ["False", "None"], done.stdout + done.stderr
+
+
+# A graph that transposes uint8 pixels (as the input pipeline's EXIF orientation does), run after
+# the device configuration is chosen (as `distribute.cpu_devices` does).
+UINT8_TRANSPOSE = """
+import sys
+
+import pytest
+if sys.argv[1] == "mobilevision":
+    import mobilevision
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+flip = tf.function(lambda x: tf.transpose(x, [1, 0, 2]), autograph=False)
+print(flip(tf.zeros([2, 3, 3], tf.uint8)).shape, len(tf.config.list_logical_devices("CPU")))
+"""
+NOTICE = "oneDNN supports DT_UINT8 only on platforms with AVX-512"
+
+
+def test_onednn_uint8_notice_is_spent_inside_the_import_filter():
+    done = _run(UINT8_TRANSPOSE.replace("sys.argv[1]", "'mobilevision'"))
+    assert done.stdout.split() == ["(3,", "2,", "3)", "2"], done.stdout
+    assert NOTICE not in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="the notice comes from TensorFlow's oneDNN (x86) builds")
+def test_upstream_still_logs_the_uint8_notice_once():
+    # When TensorFlow stops writing it, tf_logs.spend_uint8_notice can go.
+    done = _run(UINT8_TRANSPOSE.replace("sys.argv[1]", "'plain'"), MOBILEVISION_TF_LOGS="1")
+    assert done.stderr.count(NOTICE) == 1, done.stderr
