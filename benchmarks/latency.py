@@ -14,8 +14,8 @@ A benchmark, not a test: every figure is measured in this one process, the refer
    keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3)): alpha 1.0, with the
    1000-class top. MAdds come from `profile_model` (conv + dense multiply-adds, the network's
    only: a detector's box decoding and NMS are not counted).
-2. Conversion. Ours through the export path (`convert_tflite_many`: Keras ExportArchive ->
-   SavedModel -> TFLiteConverter, builtin ops only), so a detector's file ends in
+2. Conversion. Ours through the export path (`convert_tflite_many`: a SavedModel tracking the
+   model's variables -> TFLiteConverter, builtin ops only), so a detector's file ends in
    TFLite_Detection_PostProcess (decode + NMS) as shipped. The reference, and our detector's
    network alone (raw box codes and class logits, no post-process op), go through the same
    SavedModel route and the same converter settings. int8 is full-integer with uint8 input,

@@ -1,6 +1,6 @@
 """TFLite conversion: float32, float16 weights, or full-integer int8 calibrated on the train split.
 
-The route is the one that keeps the weights: a SavedModel written by Keras's `ExportArchive`
+The route is the one that keeps the weights: a SavedModel that tracks the model's variables
 (`saved_model.write_saved_model`), then `TFLiteConverter.from_saved_model`. Only builtin ops are
 allowed, plus the one custom op LiteRT and MediaPipe ship (TFLite_Detection_PostProcess); a file
 that would need Flex (SELECT_TF_OPS) ops, which apps cannot run, is refused.
