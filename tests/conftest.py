@@ -8,17 +8,19 @@ import pytest  # noqa: E402
 
 
 # The test files that take longest (seconds of one worker, the whole suite on 2 cores, measured
-# 2026-12-03), run first: two workers then finish together instead of one running a long file
-# alone at the end. (pytest.ini's --no-loadscope-reorder keeps this order; xdist's own reorder
-# puts the files with the most tests first, and these have few.)
-LONGEST_FIRST = ["tasks/test_output_stride.py",    # 366 s
-                 "export/test_export.py",          # 343
-                 "test_demo.py",                   # 274
-                 "tasks/test_distribute.py",       # 234
-                 "tasks/test_trainer.py",          # 155
-                 "export/test_web.py",             # 137
-                 "test_api.py",                    # 82
-                 "backbones/test_mobilenet_v2.py"]  # 65; every other file under 51
+# 2026-12-04 on the 2-core Zen 4), run first: two workers then finish together instead of one
+# running a long file alone at the end. (pytest.ini's --no-loadscope-reorder keeps this order;
+# xdist's own reorder puts the files with the most tests first, and these have few.) The order
+# is the one measured fastest: 11:12 for the suite, 11:45 in strict longest-first order (one
+# run each, so about equal).
+LONGEST_FIRST = ["tasks/test_output_stride.py",    # 134 s
+                 "export/test_export.py",          # 142
+                 "test_demo.py",                   # 308
+                 "tasks/test_distribute.py",       # 194
+                 "tasks/test_trainer.py",          # 91
+                 "export/test_web.py",             # 105
+                 "test_api.py",                    # 49
+                 "backbones/test_mobilenet_v2.py"]  # 36; every other file under 42
 
 
 def pytest_collection_modifyitems(config, items):
