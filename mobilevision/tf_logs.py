@@ -9,20 +9,23 @@ descriptor 2 (Python's `sys.stderr` never sees them), on every machine without a
     E0000 00:00:1796194461.123888  4794 cuda_platform.cc:52] failed call to cuInit: INTERNAL:
         CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)
 
-They are not errors but read like them. A fourth comes later, once a process, from oneDNN builds
-(x86), on AVX-512 machines too, the first time a graph that transposes uint8 data is optimized
-(the input pipeline's EXIF orientation does):
-
-    E0000 00:00:1796393241.322527    7645 util.cc:131] oneDNN supports DT_UINT8 only on
-        platforms with AVX-512. Falling back to the default Eigen-based implementation if present.
-
-It says only that such ops run in Eigen; the import below provokes it inside the filter (a 1-pixel
-graph in a session of its own: 0.03 s, and the eager runtime stays uninitialised), so it is
-spent there. TF_CPP_MIN_LOG_LEVEL=3 would hide real errors with them,
+They are not errors but read like them. TF_CPP_MIN_LOG_LEVEL=3 would hide real errors with them,
 and the lines written before absl's logging starts ignore it anyway. So, while TensorFlow is
 imported and lists its devices (and only then), fd 2 goes through a pipe to a small filter process
 that drops the lines matching BENIGN (and, where no GPU device exists, NO_GPU) and passes every
 other byte through unchanged: fatal (`F`) lines, real errors, Python warnings.
+
+One more comes later, once a process, from oneDNN builds (x86), on AVX-512 machines too, the
+first time a graph that transposes uint8 data is optimized (the input pipeline's EXIF orientation
+does):
+
+    E0000 00:00:1796393241.322527    7645 util.cc:131] oneDNN supports DT_UINT8 only on
+        platforms with AVX-512. Falling back to the default Eigen-based implementation if present.
+
+It says only that such ops run in Eigen. On a machine without a GPU the import provokes it inside
+the filter (`spend_uint8_notice`: a 1-pixel graph in a session of its own, 0.03 s; the eager
+runtime stays uninitialised), so it is spent there; beside a GPU a session would claim its memory,
+so there it is left alone.
 
 The filter is a process, not a thread: TensorFlow's initialisers write while the importing thread
 holds the GIL, so a thread could not drain a full pipe, and a process still delivers what was
@@ -183,20 +186,23 @@ class _QuietLoader:
             # can still be chosen afterwards.
             with contextlib.suppress(Exception):  # a real problem shows again where it matters
                 module.config.list_physical_devices()
-            with contextlib.suppress(Exception):
-                spend_uint8_notice(module)
+            if not _gpu_present():  # beside a GPU a session would claim its memory
+                with contextlib.suppress(Exception):
+                    spend_uint8_notice(module)
 
 
 def spend_uint8_notice(tf) -> None:
-    """Optimize and run a graph that transposes a 1-pixel uint8 image, in a v1 session of its
-    own (the eager runtime stays uninitialised, so device settings can still be chosen): oneDNN
-    builds log their DT_UINT8 notice (BENIGN's last line) the first time in a process, here
-    inside the filter instead of in the middle of a user's run."""
+    """Optimize and run a graph that transposes a 1-pixel uint8 image, in a CPU-only v1 session
+    of its own (the eager runtime stays uninitialised, so device settings can still be chosen):
+    oneDNN builds log their DT_UINT8 notice (BENIGN's last line) the first time in a process,
+    here inside the filter instead of in the middle of a user's run. Not run where a GPU is
+    present (the import hook checks), so nothing touches a GPU before the user's settings."""
     import numpy as np
 
     graph = tf.Graph()
     with graph.as_default():
         image = tf.compat.v1.placeholder(tf.uint8, [None, None, 3])
         flipped = tf.transpose(image, [1, 0, 2])
-    with tf.compat.v1.Session(graph=graph) as session:
+    config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})  # the CPU kernels log it
+    with tf.compat.v1.Session(graph=graph, config=config) as session:
         session.run(flipped, {image: np.zeros((1, 1, 3), np.uint8)})
