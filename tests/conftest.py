@@ -10,9 +10,9 @@ import pytest  # noqa: E402
 # The test files that take longest (seconds of one worker, the whole suite on 2 cores, measured
 # 2026-12-04 on the 2-core Zen 4), run first: two workers then finish together instead of one
 # running a long file alone at the end. (pytest.ini's --no-loadscope-reorder keeps this order;
-# xdist's own reorder puts the files with the most tests first, and these have few.) The order
-# is the one measured fastest: 11:12 for the suite, 11:45 in strict longest-first order (one
-# run each, so about equal).
+# xdist's own reorder puts the files with the most tests first, and these have few.) The suite
+# took 11:12 and 12:58 in this order, 11:45 in strict longest-first order: the same, within
+# the VM's noise.
 LONGEST_FIRST = ["tasks/test_output_stride.py",    # 134 s
                  "export/test_export.py",          # 142
                  "test_demo.py",                   # 308
