@@ -4,7 +4,7 @@ The variables must be tracked by the saved object: a function's captured variabl
 tracks are not saved, and the TFLite converter then silently makes a weightless file
 (`tflite.check_weights` refuses one). Keras' own `ExportArchive` tracks them by walking every
 layer, which made it the slow half of an export: for the 96 px detector, 10 s of a 13.7 s TFLite
-conversion against 3.4 s of 7.3 s here (the same file, byte for byte the same size, the same
+conversion against 3.4 s of 7.3 s here (files of the same size, the same LiteRT
 outputs)."""
 
 from __future__ import annotations
