@@ -1,12 +1,14 @@
 """Optimizer and learning-rate schedule from the `train.*` config keys.
 
-`adam` and `adamw` are Keras' optimizers with one change on the TensorFlow backend: each
-variable's update is TensorFlow's fused `ResourceApplyAdam` kernel, one op, where Keras builds
-about 36 (the step count, both powers and the bias correction again for every variable). The
-update is the same formula on the same slot variables (checkpoints move between the two either
-way), but the traced train step is about half the size: the detector demo's first train step took
-9 s instead of 15 (tracing and TensorFlow's graph passes; docs/training.md), the steps after it
-the same time. Other backends, and `amsgrad`, use Keras' own update."""
+`adam`, `adamw`, `rmsprop` and `sgd` are Keras' optimizers with one change on the TensorFlow
+backend: each variable's update is one of TensorFlow's fused kernels (`ResourceApplyAdam`,
+`ResourceApplyRMSProp`, `ResourceApplyKerasMomentum`), one op, where Keras builds a chain of
+small ones (Adam about 36: the step count, both powers and the bias correction again for every
+variable; RMSprop with momentum about 17). The update is the same formula on the same slot
+variables (checkpoints move between the two either way), but the traced train step is much
+smaller: the detector demo's first train step took 9 s instead of 15 with Adam (tracing and
+TensorFlow's graph passes; docs/training.md), and each step runs fewer ops. Other backends,
+`amsgrad`, and RMSprop or SGD without momentum use Keras' own update."""
 
 from __future__ import annotations
 
@@ -41,42 +43,70 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return cls(**config)
 
 
-class _FusedAdamUpdate:
-    """Mixed into Keras' Adam and AdamW (below): `update_step` as one ResourceApplyAdam.
+class _FusedUpdate:
+    """Mixed into Keras' optimizers (below): on the TensorFlow backend each variable's
+    `update_step` is one of TensorFlow's fused `ResourceApply*` kernels instead of Keras' chain
+    of small ops. The kernels compute Keras' formulas term for term on Keras' own slot variables
+    (the classes' docstrings give them). Weight decay, clipping, EMA and gradient accumulation
+    are the base optimizer's, before `update_step`, so they are unchanged. Where a kernel would
+    need a slot Keras does not make, or computes something else, Keras' update stays (`_fuses`).
+    """
 
-    ResourceApplyAdam computes lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t),
-    m += (g - m) * (1 - beta_1), v += (g^2 - v) * (1 - beta_2), var -= lr_t * m / (sqrt(v) +
-    epsilon): Keras' update term for term. The powers are computed once per step here, as Keras
-    does per variable. Weight decay, clipping, EMA and gradient accumulation are the base
-    optimizer's, before `update_step`, so they are unchanged."""
+    _step = None  # what `_step_constants` gave while a step's updates are built; else None
 
-    _powers = None  # (beta_1^t, beta_2^t) while a step's updates are built; else Keras' update
+    def _fuses(self) -> bool:
+        return keras.backend.backend() == "tensorflow"
+
+    def _step_constants(self):
+        """Tensors computed once per step for every variable's update (Adam's powers)."""
+        return ()
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if keras.backend.backend() != "tensorflow" or self.amsgrad:
+        if not self._fuses():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        step = ops.cast(self.iterations + 1, "float32")
-        self._powers = (ops.power(ops.cast(self.beta_1, "float32"), step),
-                        ops.power(ops.cast(self.beta_2, "float32"), step))
+        self._step = self._step_constants()
         try:
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         finally:
-            self._powers = None
+            self._step = None
 
     def update_step(self, gradient, variable, learning_rate):
-        if self._powers is None:
+        if self._step is None:
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
 
         dtype = variable.dtype
-        index = self._get_variable_index(variable)
-        beta_1_power, beta_2_power = (tf.cast(p, dtype) for p in self._powers)
+        self._apply(tf, self._get_variable_index(variable), _handle(variable),
+                    tf.cast(gradient, dtype), tf.cast(learning_rate, dtype),
+                    lambda value: tf.cast(value, dtype))
+
+    def _apply(self, tf, index, var, grad, lr, cast):  # pragma: no cover - per optimizer
+        raise NotImplementedError
+
+
+class _FusedAdamUpdate(_FusedUpdate):
+    """Adam and AdamW as one ResourceApplyAdam per variable.
+
+    ResourceApplyAdam computes lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t),
+    m += (g - m) * (1 - beta_1), v += (g^2 - v) * (1 - beta_2), var -= lr_t * m / (sqrt(v) +
+    epsilon): Keras' update term for term. The powers are computed once per step here, as Keras
+    does per variable. `amsgrad` keeps Keras' update."""
+
+    def _fuses(self) -> bool:
+        return super()._fuses() and not self.amsgrad
+
+    def _step_constants(self):
+        step = ops.cast(self.iterations + 1, "float32")
+        return (ops.power(ops.cast(self.beta_1, "float32"), step),
+                ops.power(ops.cast(self.beta_2, "float32"), step))
+
+    def _apply(self, tf, index, var, grad, lr, cast):
+        beta_1_power, beta_2_power = (cast(p) for p in self._step)
         tf.raw_ops.ResourceApplyAdam(
-            var=_handle(variable), m=_handle(self._momentums[index]),
-            v=_handle(self._velocities[index]), beta1_power=beta_1_power,
-            beta2_power=beta_2_power, lr=tf.cast(learning_rate, dtype),
-            beta1=tf.constant(self.beta_1, dtype), beta2=tf.constant(self.beta_2, dtype),
-            epsilon=tf.constant(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+            var=var, m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
+            beta1_power=beta_1_power, beta2_power=beta_2_power, lr=lr,
+            beta1=cast(self.beta_1), beta2=cast(self.beta_2), epsilon=cast(self.epsilon),
+            grad=grad)
 
 
 def _handle(variable):
@@ -95,6 +125,42 @@ class Adam(_FusedAdamUpdate, keras.optimizers.Adam):
 @keras.saving.register_keras_serializable(package="mobilevision")
 class AdamW(_FusedAdamUpdate, keras.optimizers.AdamW):
     """keras.optimizers.AdamW, each variable's update one fused op (see `_FusedAdamUpdate`)."""
+
+
+@keras.saving.register_keras_serializable(package="mobilevision")
+class RMSprop(_FusedUpdate, keras.optimizers.RMSprop):
+    """keras.optimizers.RMSprop, each variable's update one ResourceApplyRMSProp (centered:
+    ResourceApplyCenteredRMSProp): ms = rho * ms + (1 - rho) * g^2, [mg = rho * mg + (1 - rho) *
+    g,] mom = momentum * mom + lr * g / sqrt(ms [- mg^2] + epsilon), var -= mom, as Keras
+    computes it. Without momentum Keras makes no `mom` slot, and its own update stays."""
+
+    def _fuses(self) -> bool:
+        return super()._fuses() and self.momentum > 0
+
+    def _apply(self, tf, index, var, grad, lr, cast):
+        args = dict(var=var, ms=_handle(self._velocities[index]),
+                    mom=_handle(self._momentums[index]), lr=lr, rho=cast(self.rho),
+                    momentum=cast(self.momentum), epsilon=cast(self.epsilon), grad=grad)
+        if self.centered:
+            tf.raw_ops.ResourceApplyCenteredRMSProp(
+                mg=_handle(self._average_gradients[index]), **args)
+        else:
+            tf.raw_ops.ResourceApplyRMSProp(**args)
+
+
+@keras.saving.register_keras_serializable(package="mobilevision")
+class SGD(_FusedUpdate, keras.optimizers.SGD):
+    """keras.optimizers.SGD with momentum, each variable's update one
+    ResourceApplyKerasMomentum: m = momentum * m - lr * g, then var += m (nesterov: var +=
+    momentum * m - lr * g), as Keras computes it. Without momentum Keras' update stays."""
+
+    def _fuses(self) -> bool:
+        return super()._fuses() and self.momentum != 0
+
+    def _apply(self, tf, index, var, grad, lr, cast):
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=var, accum=_handle(self.momentums[index]), lr=lr, grad=grad,
+            momentum=cast(self.momentum), use_nesterov=bool(self.nesterov))
 
 
 def learning_rate(cfg, steps_per_epoch: int):
@@ -126,9 +192,9 @@ def build_optimizer(cfg, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     lr = learning_rate(cfg, steps_per_epoch)
     extra = {"clipnorm": o.clipnorm} if o.clipnorm else {}
     if o.name == "rmsprop":
-        return keras.optimizers.RMSprop(lr, rho=o.rho, momentum=o.momentum, epsilon=o.epsilon, **extra)
+        return RMSprop(lr, rho=o.rho, momentum=o.momentum, epsilon=o.epsilon, **extra)
     if o.name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=o.momentum, nesterov=True, **extra)
+        return SGD(lr, momentum=o.momentum, nesterov=True, **extra)
     if o.name == "adam":
         return Adam(lr, epsilon=o.epsilon, **extra)
     if o.name == "adamw":
