@@ -31,6 +31,14 @@ The filter is a process, not a thread: TensorFlow's initialisers write while the
 holds the GIL, so a thread could not drain a full pipe, and a process still delivers what was
 written when TensorFlow aborts during import (an `F ... cpu_feature_guard.cc]` line).
 
+LiteRT writes two more lines of that kind (LITERT): `INFO: Created TensorFlow Lite XNNPACK
+delegate for CPU.`, once a process, when the first TFLite file gets its default CPU delegate
+(`allocate_tensors`), which says XNNPACK runs the file, as intended; and `fully_quantize: 0,
+inference_type: 6, input_inference_type: UINT8, output_inference_type: FLOAT32`, the converter's
+settings, at every int8 conversion. `quiet_litert()` drops those two lines alone
+(`export.runtime.TFLiteRunner` allocates its interpreter inside it, `export.tflite` converts
+inside it); a conversion's errors pass.
+
 `import mobilevision` calls `install()`, so the commands and the Python API both get it, without
 importing TensorFlow themselves. MOBILEVISION_TF_LOGS=1 turns it off and shows everything.
 """
@@ -63,6 +71,12 @@ NO_GPU = (
     _LOG + r"Could not find cuda drivers on your machine, GPU will not be used",
     _LOG + r"failed call to cuInit",
 )
+
+# LiteRT's line when it applies XNNPACK, its default CPU delegate (a plain "INFO: " prefix), and
+# the TFLite converter's settings line at an int8 conversion (printf'd by its quantizer).
+LITERT = (r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
+          r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
+          r"output_inference_type: \w+$")
 
 OPT_OUT = "MOBILEVISION_TF_LOGS"  # "1": show TensorFlow's start-up lines, filter nothing
 
@@ -130,6 +144,17 @@ def filtered_stderr(patterns=None):
             proc.wait(timeout=5)  # all it passes is written before anything after the block
         except subprocess.TimeoutExpired:
             pass  # it forwards for that child until the child closes its copy
+
+
+@contextlib.contextmanager
+def quiet_litert():
+    """Within the block, LiteRT's two benign lines (LITERT) are dropped, unless
+    MOBILEVISION_TF_LOGS=1; every other line passes."""
+    if not enabled():
+        yield
+        return
+    with filtered_stderr(LITERT):
+        yield
 
 
 def _flush_stderr() -> None:

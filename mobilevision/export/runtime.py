@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilevision import tf_logs
 from mobilevision.export.formats import ExportError
 
 INFO_FILE = "mobilevision.json"
@@ -89,7 +90,9 @@ class TFLiteRunner:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        with tf_logs.quiet_litert():  # its XNNPACK line, at the first allocation
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self.interpreter.allocate_tensors()
         self.runner = self.interpreter.get_signature_runner()
         inputs = self.runner.get_input_details()
         if "image" not in inputs:

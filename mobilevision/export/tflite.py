@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilevision import tf_logs
 from mobilevision.export.formats import ExportError
 
 QUANTIZATIONS = ("float32", "float16", "int8")
@@ -115,7 +116,8 @@ def convert_saved_model(model, saved_model, quantization, calibration=None,
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8 if input_type == "uint8" else tf.float32
         converter.inference_output_type = tf.float32
-    data = converter.convert()
+    with tf_logs.quiet_litert():  # the quantizer's settings line; errors pass
+        data = converter.convert()
     if quantization == "int8" and input_type == "uint8":
         _check_uint8_input(data)
     check_ops(data, allow_custom=custom_ops)
