@@ -421,6 +421,24 @@ def without_options(argv: list[str], options: tuple) -> list[str]:
     return out
 
 
+def in_isa_mode(isa: str) -> bool:
+    """Whether this process already runs as `--isa` mode `isa`: started by `run_per_isa` for it,
+    or its environment holds that mode's variables and none of the others' (TF_ENABLE_ONEDNN_OPTS
+    may be 1 outside avx2-eigen: `import mobilevision` sets it so anyway). Otherwise the mode must
+    run in a child: oneDNN and PyTorch read these variables once, at start-up."""
+    if os.environ.get(ISA_CHILD):
+        return os.environ[ISA_CHILD] == isa
+    want = ISA_ENV[isa]
+    for key in {k for mode in ISA_ENV.values() for k in mode}:
+        have = os.environ.get(key)
+        if key in want:
+            if have != want[key]:
+                return False
+        elif have is not None and not (key == "TF_ENABLE_ONEDNN_OPTS" and have == "1"):
+            return False
+    return True
+
+
 def run_per_isa(script: Path, argv: list[str], isas: list[str], log) -> dict:
     """Run `script argv` once per ISA mode of `isas`, each in a fresh process with ISA_ENV's
     variables (the others removed) and `--isa <mode> --json-out <temp>`; their tables go to

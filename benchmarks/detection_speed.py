@@ -77,8 +77,8 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # run from elsewhere, 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    ISA_CHILD, BenchmarkError, alternating_fit, apply_defaults, check_counts, check_sizes,
-    config_name, machine, parse_isa, run_per_isa,
+    BenchmarkError, alternating_fit, apply_defaults, check_counts, check_sizes,
+    config_name, in_isa_mode, machine, parse_isa, run_per_isa,
     cpu_sample, device_description, fmt_runs, make_log, others_share, pipeline_runs,
     run_benchmark, table_lines, table_width, time_calls, time_fit, utc_timestamp, versions)
 from step_profile import format_layer_profile, layer_profile, plain_keras_ssdlite  # noqa: E402
@@ -869,7 +869,7 @@ def format_isas(result: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if len(args.isa) > 1 and not os.environ.get(ISA_CHILD):
+    if len(args.isa) > 1 or not in_isa_mode(args.isa[0]):  # each mode in a fresh process
         return run_benchmark("detection_speed.py", args, run_isas, format_isas)
     return run_benchmark("detection_speed.py", args, run, format_table)
 

@@ -55,7 +55,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    BenchmarkError, machine, machine_line, parse_isa, run_benchmark, run_per_isa,
+    BenchmarkError, in_isa_mode, machine, machine_line, parse_isa, run_benchmark, run_per_isa,
     utc_timestamp)
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "op_profile.json"
@@ -284,7 +284,7 @@ def measure(args) -> dict:
 
 def run(args) -> dict:
     out = {"benchmark": "op_profile", "time": utc_timestamp(), "machine": machine()}
-    if len(args.isa) == 1:
+    if len(args.isa) == 1 and in_isa_mode(args.isa[0]):
         out["isa"] = {args.isa[0]: measure(args)}
     else:
         runs = run_per_isa(Path(__file__), sys.argv[1:], args.isa,
