@@ -59,12 +59,13 @@ def test_head_taps_default_per_task_and_are_checked_before_building():
     """`model.head.features` picks the taps; null is the backbone's default for the task, which
     the resolved config then names (so the saved run repeats exactly)."""
     assert load_config("shapes_classifier.yaml").model.head.features == ["out_relu"]
-    assert load_config("shapes_ssdlite.yaml").model.head.features == ["block_13_expand_relu",
-                                                                      "out_relu"]
+    assert load_config("coco_ssdlite.yaml").model.head.features == ["block_13_expand_relu",
+                                                                    "out_relu"]
+    assert load_config("shapes_ssdlite.yaml").model.head.features == [
+        "block_6_expand_relu", "block_13_expand_relu", "out_relu"]  # the demo names its own
     assert load_config("voc_deeplabv3.yaml").model.head.features == ["block_16_project"]
-    cfg = load_config("shapes_ssdlite.yaml", ["model.head.features=[block_6_expand_relu,"
-                                              "block_13_expand_relu,out_relu]"])
-    assert cfg.model.head.features[0] == "block_6_expand_relu"
+    cfg = load_config("shapes_ssdlite.yaml", ["model.head.features=null"])
+    assert cfg.model.head.features == ["block_13_expand_relu", "out_relu"]
 
     with pytest.raises(ConfigError, match=r"override 'model.head.features=\[block_13_expand_rel\]"
                                           r"': key 'model.head.features' names "

@@ -470,7 +470,7 @@ def test_detector_into_detector_of_other_classes(task_models):
     model = task_models["det3"][0]
     # Only the class predictors depend on the class count: (classes + 1) x anchors outputs.
     fresh = dict(report.fresh)
-    assert list(fresh) == [f"ssd_class_{i}_conv" for i in range(6)]
+    assert list(fresh) == [f"ssd_class_{i}_conv" for i in range(len(model.decoder.map_sizes))]
     kernel = tuple(model.get_layer("ssd_class_0_conv").kernel.shape)
     anchors = kernel[-1] // 4
     assert fresh["ssd_class_0_conv"] == (f"shape {kernel} in the model, "
@@ -542,10 +542,11 @@ def test_report_lists_loaded_and_fresh_for_console_and_weights_json(task_models)
     model, path = task_models["det3"][0], task_models["det5"][1]
     report = load_model_weights(model, path)
     summary = report.summary()
+    maps = len(model.decoder.map_sizes)  # a class predictor per map
     assert "\n" not in summary
-    assert summary.startswith(f"loaded {len(report.model_layers) - 6} of "
+    assert summary.startswith(f"loaded {len(report.model_layers) - maps} of "
                               f"{len(report.model_layers)} weighted layers from {path} (by layer "
-                              f"name); 6 started fresh: ssd_class_0_conv, ")
+                              f"name); {maps} started fresh: ssd_class_0_conv, ")
     text = report.describe()
     backbone = len(_scoped(model, "mobilenet_v2"))
     assert f"  loaded  mobilenet_v2: {backbone} of {backbone} layers" in text
@@ -557,7 +558,8 @@ def test_report_lists_loaded_and_fresh_for_console_and_weights_json(task_models)
 
     data = json.loads(report.to_json())
     assert data["file"] == path and data["counts"] == {
-        "layers": len(report.model_layers), "loaded": len(report.loaded), "fresh": 6, "unused": 0}
+        "layers": len(report.model_layers), "loaded": len(report.loaded), "fresh": maps,
+        "unused": 0}
     entry = next(e for e in data["layers"] if e["layer"] == "ssd_class_5_conv")
     assert entry == {"layer": "ssd_class_5_conv", "in": "", "status": "fresh", "reason": "shape",
                      "model_shape": list(kernel), "file_shape": list(kernel[:-1]) + [36]}

@@ -53,7 +53,8 @@ def test_each_head_trains_a_step_on_a_standin_backbone(task_name, registered, tm
     cfg = mv.load_config(CONFIGS[task_name], [
         f"data.root={tmp_path}", "model.backbone.name=standin", "model.backbone.output_stride=32",
         "model.input_size=[64,96]", "data.shapes.num_train=8", "data.shapes.num_val=4",
-        "data.shapes.image_size=64", "train.batch_size=4", "model.head.aspp=true"])
+        "data.shapes.image_size=64", "train.batch_size=4", "model.head.aspp=true",
+        "model.head.features=null"])  # the backbone's own taps for the task
     assert cfg.model.head.features == list(STANDIN.head_taps[task_name])
     prepare_data(cfg)
     model = build_model(cfg)

@@ -49,8 +49,9 @@ def test_model_outputs_one_row_per_anchor_and_predict_decodes(detector):
     assert {k: v.shape for k, v in decoded.items()} == {
         "boxes": (1, 100, 4), "classes": (1, 100), "scores": (1, 100), "count": (1,)}
     assert all(v.dtype == np.float32 for v in decoded.values())
+    # The demo's three taps and the four extras: 3 anchors on the finest map, 6 on the others.
     assert detection.anchor_generator(cfg).num_anchors_per_location(
-        len(model.decoder.map_sizes)) == [3, 6, 6, 6, 6, 6]
+        len(model.decoder.map_sizes)) == [3, 6, 6, 6, 6, 6, 6]
     assert source_for(cfg).class_names == NAMES
 
 

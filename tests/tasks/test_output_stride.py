@@ -60,10 +60,10 @@ def test_train_evaluate_export_at_output_stride(task_name, output_stride, data_r
         assert out["classes"].shape == (1, len(anchors), cfg.model.num_classes + 1)
         maps = feature_maps(cfg, model)
         assert sum(m["anchors"] for m in maps) == len(anchors)
-        # The taps sit at min(16, OS) (block 13's expansion) and OS; the extras halve the last.
-        fine = min(16, output_stride)
-        assert [m["size"] for m in maps[:3]] == [
-            [64 // fine, 96 // fine], [64 // output_stride, 96 // output_stride],
+        # The demo's taps sit at min(8, OS) (block 6's expansion), min(16, OS) (block 13's) and
+        # OS (out_relu); the extras halve the last.
+        strides = [min(8, output_stride), min(16, output_stride), output_stride]
+        assert [m["size"] for m in maps[:4]] == [[64 // s, 96 // s] for s in strides] + [
             [-(-64 // output_stride // 2), -(-96 // output_stride // 2)]]
     metric = {"classification": "top1", "detection": "AP50", "segmentation": "mIoU"}[task_name]
     keras_model = Model.from_keras(model, cfg)
@@ -90,9 +90,9 @@ def test_detector_at_output_stride_16_from_the_command_line(data_roots, tmp_path
     overrides = _overrides(data_roots["detection"], 16)
     cfg = mv.load_config("shapes_ssdlite.yaml", overrides)
     model = build_model(cfg)
-    assert [m["size"] for m in feature_maps(cfg, model)] == [[4, 6], [4, 6], [2, 3], [1, 2],
-                                                             [1, 1], [1, 1]]
-    assert len(model.decoder.anchors) == 3 * 24 + 6 * (24 + 6 + 2 + 1 + 1)
+    assert [m["size"] for m in feature_maps(cfg, model)] == [[8, 12], [4, 6], [4, 6], [2, 3],
+                                                             [1, 2], [1, 1], [1, 1]]
+    assert len(model.decoder.anchors) == 3 * 96 + 6 * (24 + 24 + 6 + 2 + 1 + 1)
     run = tmp_path / "run"
     args = ["--config", "shapes_ssdlite.yaml", *overrides]
     assert main(["train", "--output", str(run), *args]) == 0
